@@ -1,0 +1,120 @@
+"""The solver registry: ``@register(name, ...)``, ``get(name)``, ``available()``.
+
+A user adds a solver with one decorated function in their own code:
+
+    @solvers.register("my_euler", kind="ode", order=1, evals_per_step=1)
+    def my_euler(ctx, x):
+        for i, (t, s) in enumerate(ctx.steps()):
+            x = x + (s - t) * ctx.pf_drift(x, t)
+        return x
+
+A solver is ``fn(ctx: SolverContext, x_T: Tensor, **options) -> x_{t_end}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+SolverFn = Callable[..., Any]
+KINDS = ("sde", "ode")
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """What a solver declares about itself.
+
+    Attributes:
+        name: registry key.
+        fn: ``fn(ctx, x, **options) -> x``.
+        kind: ``"sde"`` (stochastic) or ``"ode"`` (deterministic probability flow).
+        order: convergence order (weak order for SDE solvers) on smooth problems.
+        evals_per_step: score evaluations per step (``None`` for adaptive solvers).
+        default_grid: the time grid used when the caller gives none.
+        adaptive: whether it chooses its own steps (``steps`` is then a hint or ignored).
+        affine: whether, for a score affine in x, the output is affine in ``x_T`` and in the
+            noise drawn through ``ctx.noise_like`` (so its moments can be propagated exactly).
+            False for adaptive solvers, whose step sizes depend on the state.
+        options: the keyword options it accepts, with defaults, for documentation and checks.
+        reference: where the method comes from.
+    """
+
+    name: str
+    fn: SolverFn
+    kind: str
+    order: float
+    evals_per_step: int | None
+    default_grid: str = "uniform"
+    adaptive: bool = False
+    affine: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""
+    description: str = ""
+
+
+_REGISTRY: dict[str, SolverSpec] = {}
+
+
+def register(
+    name: str,
+    *,
+    kind: str,
+    order: float,
+    evals_per_step: int | None,
+    default_grid: str = "uniform",
+    adaptive: bool = False,
+    affine: bool | None = None,
+    options: dict[str, Any] | None = None,
+    reference: str = "",
+    overwrite: bool = False,
+) -> Callable[[SolverFn], SolverFn]:
+    """Decorator that registers a solver under ``name``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; expected one of {', '.join(KINDS)}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name={name!r} must be a non-empty string")
+
+    def decorate(fn: SolverFn) -> SolverFn:
+        if name in _REGISTRY and not overwrite:
+            raise ValueError(f"a solver named {name!r} is already registered (pass overwrite=True)")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = SolverSpec(
+            name=name,
+            fn=fn,
+            kind=kind,
+            order=order,
+            evals_per_step=evals_per_step,
+            default_grid=default_grid,
+            adaptive=adaptive,
+            affine=(not adaptive) if affine is None else affine,
+            options=dict(options or {}),
+            reference=reference,
+            description=doc[0] if doc else "",
+        )
+        return fn
+
+    return decorate
+
+
+def get(name: str) -> SolverSpec:
+    """The :class:`SolverSpec` registered as ``name``; unknown names list the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown solver {name!r}; available solvers: {', '.join(available())}"
+        ) from None
+
+
+def available(kind: str | None = None) -> list[str]:
+    """Names of the registered solvers (optionally only ``"sde"`` or ``"ode"`` ones), sorted."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; expected one of {', '.join(KINDS)} or None")
+    return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
+
+
+def unregister(name: str) -> None:
+    """Remove a solver (for tests and experiments)."""
+    get(name)
+    del _REGISTRY[name]

@@ -1,0 +1,292 @@
+"""The one entry point, :func:`sample`, and the context every solver receives."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from schedules import time_grid
+
+from .parametrization import tweedie_denoise
+from .protocol import DiffusionProcess, ScoreFn
+from .registry import get
+
+Callback = Callable[[int, float, Tensor], None]
+
+
+class NonFiniteScoreError(FloatingPointError):
+    """The score function returned NaN or Inf."""
+
+
+@dataclass
+class SampleStats:
+    """What a sampling run cost.
+
+    Attributes:
+        nfe: score-function evaluations, the final denoising step included.
+        steps: solver steps taken (accepted steps for adaptive solvers).
+        wall_time: seconds, device-synchronised.
+        solver: the solver's registry name.
+        grid: the float64 time grid used (``None`` for adaptive solvers that choose their own).
+        t_end: the truncation time.
+    """
+
+    nfe: int
+    steps: int
+    wall_time: float
+    solver: str
+    grid: Tensor | None
+    t_end: float
+
+
+class SampleResult(NamedTuple):
+    """``samples, stats = sample(...)``."""
+
+    samples: Tensor
+    stats: SampleStats
+
+
+class SolverContext:
+    """Everything a solver needs, with the float64 coefficient math done on the CPU.
+
+    A solver loops ``for t, s in ctx.steps():`` (``t`` the current, ``s < t`` the next time, both
+    Python floats), updates ``x`` and calls ``ctx.done(x)`` at the end of each step.
+    """
+
+    def __init__(
+        self,
+        process: DiffusionProcess,
+        score_fn: ScoreFn,
+        grid: Tensor,
+        generator: torch.Generator | None,
+        callback: Callback | None,
+        progress: bool,
+        noise_fn: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.process = process
+        self.score_fn = score_fn
+        self.grid = grid
+        self.times: list[float] = grid.tolist()
+        self.generator = generator
+        self.callback = callback
+        self.noise_fn = noise_fn
+        self.nfe = 0
+        self.step = 0
+        self.t = self.times[0]
+        self.steps_taken = 0
+        self._pbar = tqdm(total=len(self.times) - 1, disable=not progress, leave=False)
+        self._pending: list[tuple[Tensor, int, float]] = []  # deferred finiteness checks (GPU)
+        self._checked_shape = False
+
+    # -- stepping -----------------------------------------------------------------------------
+    def steps(self):
+        """Yield ``(t, s)`` for each step of the grid, from ``T`` down to ``t_end``."""
+        for i in range(len(self.times) - 1):
+            self.step, self.t = i, self.times[i]
+            yield self.times[i], self.times[i + 1]
+
+    def done(self, x: Tensor) -> None:
+        """Mark the current step as finished: progress bar and user callback."""
+        self.steps_taken += 1
+        self._pbar.update(1)
+        if self.callback is not None:
+            self.callback(self.step, self.times[self.step + 1], x)
+
+    def close(self) -> None:
+        self._pbar.close()
+
+    # -- score --------------------------------------------------------------------------------
+    def score(self, x: Tensor, t: float) -> Tensor:
+        """``score_fn(x, t * ones(B))``; counts NFE and detects NaN/Inf."""
+        tvec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        out = self.score_fn(x, tvec)
+        self.nfe += 1
+        if not self._checked_shape:
+            if not isinstance(out, Tensor) or out.shape != x.shape:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(f"score_fn returned {got}; expected shape {tuple(x.shape)}")
+            self._checked_shape = True
+        finite = torch.isfinite(out).all()
+        if out.device.type == "cpu":
+            if not bool(finite):
+                self._raise_nonfinite(self.step, t)
+        else:  # no device sync on the hot path: checked once at the end
+            self._pending.append((finite, self.step, float(t)))
+        return out
+
+    def _raise_nonfinite(self, step: int, t: float) -> None:
+        raise NonFiniteScoreError(
+            f"score_fn returned NaN or Inf at step {step} (t={t:.6g}); check the model, "
+            "its dtype and the time range"
+        )
+
+    def check_pending(self) -> None:
+        if self._pending:
+            flags = torch.stack([f for f, _, _ in self._pending]).cpu()
+            if not bool(flags.all()):
+                k = int((~flags).nonzero()[0])
+                self._raise_nonfinite(self._pending[k][1], self._pending[k][2])
+            self._pending.clear()
+
+    # -- coefficients (Python floats computed in float64) --------------------------------------
+    def marginal(self, t: float) -> tuple[float, float]:
+        """``(alpha(t), sigma(t))``."""
+        alpha, sigma = self.process.marginal(t)
+        return float(alpha), float(sigma)
+
+    def g2(self, t: float) -> float:
+        """``g(t)^2``."""
+        return float(self.process.diffusion(t)) ** 2
+
+    def log_snr(self, t: float) -> float:
+        return float(self.process.log_snr(t))
+
+    def pf_drift(self, x: Tensor, t: float) -> Tensor:
+        """Probability-flow drift ``f(x, t) - g(t)^2 score(x, t) / 2``."""
+        return self.process.drift(x, t) - 0.5 * self.g2(t) * self.score(x, t)
+
+    def reverse_drift(self, x: Tensor, t: float) -> Tensor:
+        """Reverse-SDE drift ``f(x, t) - g(t)^2 score(x, t)`` (in forward time)."""
+        return self.process.drift(x, t) - self.g2(t) * self.score(x, t)
+
+    def noise_like(self, x: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``x`` from the run's generator.
+
+        Drawn on the generator's device and moved, so a CPU generator reproduces a run on any device.
+        A ``noise_fn`` given to :func:`sample` replaces the draw (exact moment propagation).
+        """
+        if self.noise_fn is not None:
+            return self.noise_fn(x)
+        g = self.generator
+        if g is None or g.device == x.device:
+            return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        return torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype).to(x.device)
+
+
+def _as_grid(grid: Tensor | Sequence[float], T: float) -> Tensor:
+    g = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
+    if g.numel() < 2:
+        raise ValueError(f"an explicit grid needs at least 2 times, got {g.numel()}")
+    if not bool((g[1:] < g[:-1]).all()):
+        raise ValueError("an explicit grid must be strictly decreasing (from T towards t_end)")
+    if float(g[0]) > T * (1 + 1e-9) or float(g[-1]) <= 0:
+        raise ValueError(
+            f"grid runs from {float(g[0])} to {float(g[-1])}; expected within (0, {T}]"
+        )
+    return g
+
+
+def sample(
+    sde: DiffusionProcess,
+    score_fn: ScoreFn,
+    shape: Sequence[int] | None = None,
+    x_T: Tensor | None = None,
+    solver: str = "euler_maruyama",
+    steps: int = 100,
+    grid: str | Tensor | Sequence[float] | None = None,
+    t_end: float | None = None,
+    denoise: bool = True,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    noise_fn: Callable[[Tensor], Tensor] | None = None,
+    **options: Any,
+) -> SampleResult:
+    """Sample from the model by integrating the reverse process from ``T`` to ``t_end``.
+
+    Args:
+        sde: the diffusion (any :class:`DiffusionProcess`).
+        score_fn: ``(x, t) -> score`` with ``t`` of shape ``(B,)``; any state shape.
+        shape: batch-first shape of the samples, when ``x_T`` is not given.
+        x_T: the starting state (default: drawn from the prior with ``generator``).
+        solver: a registered solver name (see ``solvers.available()``).
+        steps: number of steps (adaptive solvers take it as a hint or ignore it).
+        grid: a grid name (``uniform``, ``quadratic``, ``karras``, ``log_snr``), an explicit
+            decreasing sequence of times, or ``None`` for the solver's default grid.
+        t_end: truncation time (default ``sde.default_t_end``: 1e-3 VP/sub-VP, 1e-5 VE).
+        denoise: finish with Tweedie's step ``x0 = (x + sigma^2 score) / alpha`` at ``t_end``
+            (one more score evaluation).
+        generator: the source of all randomness (prior and solver noise). The same seed, batch
+            size, device and dtype give identical samples; noise is drawn batch-wide, so sample
+            ``k`` changes with the batch size.
+        progress: show a tqdm progress bar.
+        callback: ``callback(step, t, x)`` after every step.
+        device, dtype: where and in what precision to draw ``x_T`` (when not given).
+        noise_fn: replaces every solver noise draw ``ctx.noise_like(x)`` by ``noise_fn(x)``
+            (used to propagate moments exactly through affine solvers).
+        options: solver-specific options (see the solver's ``SolverSpec.options``).
+
+    Returns:
+        ``(samples, stats)`` with :class:`SampleStats` (NFE, steps, wall time).
+    """
+    spec = get(solver)
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        valid = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "none"
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for solver {solver!r}; valid options: {valid}"
+        )
+    opts = {**spec.options, **options}
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive integer")
+    T = float(sde.T)
+    t_end = float(sde.default_t_end if t_end is None else t_end)
+    if not 0 < t_end < T:
+        raise ValueError(f"t_end={t_end!r} must lie in (0, T={T})")
+
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give either shape or x_T")
+        x = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
+    else:
+        if shape is not None and tuple(shape) != tuple(x_T.shape):
+            raise ValueError(f"shape={tuple(shape)} does not match x_T.shape={tuple(x_T.shape)}")
+        if x_T.dim() < 1:
+            raise ValueError("x_T must have a batch dimension")
+        x = x_T
+
+    if grid is None:
+        grid = spec.default_grid
+    if isinstance(grid, str):
+        grid_t = time_grid(grid, sde, steps, T, t_end)
+    else:
+        grid_t = _as_grid(grid, T)
+        t_end = float(grid_t[-1])
+
+    ctx = SolverContext(sde, score_fn, grid_t, generator, callback, progress, noise_fn)
+    sync = x.device.type == "cuda"
+    if sync:
+        torch.cuda.synchronize(x.device)
+    start = time.perf_counter()
+    try:
+        # Samplers never backpropagate through the trajectory; a score that needs gradients
+        # (classifier guidance) enables them itself.
+        with torch.no_grad():
+            x = spec.fn(ctx, x, **opts)
+            if denoise:
+                ctx.step, ctx.t = len(ctx.times) - 1, t_end
+                alpha, sigma = ctx.marginal(t_end)
+                x = tweedie_denoise(x, ctx.score(x, t_end), alpha, sigma)
+        ctx.check_pending()
+    finally:
+        ctx.close()
+    if sync:
+        torch.cuda.synchronize(x.device)
+    wall = time.perf_counter() - start
+    stats = SampleStats(
+        nfe=ctx.nfe,
+        steps=ctx.steps_taken,
+        wall_time=wall,
+        solver=solver,
+        grid=None if spec.adaptive else grid_t,
+        t_end=t_end,
+    )
+    return SampleResult(x, stats)
