@@ -29,6 +29,16 @@ from solvers.parametrization import broadcast_to
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
+def _clamp_time(t: Tensor, T: float) -> Tensor:
+    """Clamp an integrator's time into ``[0, T]``.
+
+    torchdiffeq's adaptive solvers step past the end time and interpolate back, and torchsde's
+    float32 time grid can land a hair outside; the vector fields are extended continuously by
+    their boundary values there (for VP, t < 0 would give a negative variance).
+    """
+    return t.clamp(0.0, T)
+
+
 def _per_sample_time(t: Tensor, batch: int, like: Tensor) -> Tensor:
     """Expand a scalar time to the ``(B,)`` vector score functions take."""
     t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
@@ -354,7 +364,7 @@ class ReverseSDE:
         return y if self.event_shape is None else y.reshape(y.shape[0], *self.event_shape)
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
-        t = self.sde.T - s
+        t = _clamp_time(self.sde.T - s, self.sde.T)
         x = self._unflatten(y)
         self.nfe += 1
         score = self.score_fn(x, _per_sample_time(t, x.shape[0], x))
@@ -362,7 +372,7 @@ class ReverseSDE:
         return (g2 * score - self.sde.drift(x, t)).reshape(y.shape)
 
     def g(self, s: Tensor, y: Tensor) -> Tensor:
-        return self.sde.diffusion(self.sde.T - s).to(y.dtype).expand_as(y)
+        return self.sde.diffusion(_clamp_time(self.sde.T - s, self.sde.T)).to(y.dtype).expand_as(y)
 
 
 class ProbabilityFlowODE(nn.Module):
@@ -379,6 +389,7 @@ class ProbabilityFlowODE(nn.Module):
         self.nfe = 0
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        t = _clamp_time(t, self.sde.T)
         self.nfe += 1
         score = self.score_fn(x, _per_sample_time(t, x.shape[0], x))
         g2 = self.sde.diffusion(t).to(x.dtype) ** 2
