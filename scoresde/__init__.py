@@ -7,7 +7,13 @@ of your choice, and measure how accurate that solver is against analytic ground 
 from schedules import CosineVP, LinearVP, VEGeometric, time_grid
 from solvers import available, convert, from_eps, get, register, sample, to_eps
 
+from .bound import variational_bound
 from .ddpm import DiscreteDDPM
+from .guidance import classifier_free_guidance, classifier_guidance, inpaint
+from .harness import StudyResult, run_study
+from .latent import LatentDiffusion
+from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
+from .nets import MLP, ScoreModel, UNet
 from .sde import (
     SDES,
     VESDE,
@@ -19,16 +25,29 @@ from .sde import (
     sde_from_config,
 )
 from .targets import Gaussian, GaussianMixture
+from .training import TrainConfig, Trainer, load_pretrained
+from .vae import GaussianVAE
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLP",
     "SDES",
+    "ScoreModel",
+    "StudyResult",
+    "TrainConfig",
+    "Trainer",
+    "UNet",
+    "load_pretrained",
+    "run_study",
     "CosineVP",
     "DiffusionSDE",
     "DiscreteDDPM",
     "Gaussian",
     "GaussianMixture",
+    "GaussianVAE",
+    "LatentDiffusion",
+    "LikelihoodResult",
     "LinearVP",
     "ProbabilityFlowODE",
     "ReverseSDE",
@@ -37,12 +56,18 @@ __all__ = [
     "VESDE",
     "VPSDE",
     "available",
+    "bits_per_dim",
+    "classifier_free_guidance",
+    "classifier_guidance",
     "convert",
     "from_eps",
     "get",
+    "inpaint",
+    "log_likelihood",
     "register",
     "sample",
     "sde_from_config",
     "time_grid",
     "to_eps",
+    "variational_bound",
 ]

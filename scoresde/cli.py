@@ -9,7 +9,12 @@ import sys
 
 # module names under scoresde.commands; each defines add_parser(subparsers) -> parser whose
 # default ``func(args) -> int`` runs the command.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = [
+    "train",
+    "sample",
+    "likelihood",
+    "check",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

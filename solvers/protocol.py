@@ -42,6 +42,14 @@ class DiffusionProcess(Protocol):
         """``(alpha_{t|s}, sigma_{t|s})`` of ``x_t | x_s`` for ``s < t``."""
         ...
 
+    def posterior(self, s: float | Tensor, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c_t, c_0, var)`` of ``q(x_s | x_t, x_0) = N(c_t x_t + c_0 x_0, var I)`` for ``s < t``.
+
+        ``c_t = alpha_{t|s} sigma_s^2 / sigma_t^2``, ``c_0 = alpha_s sigma_{t|s}^2 / sigma_t^2``,
+        ``var = sigma_{t|s}^2 sigma_s^2 / sigma_t^2``. Used by the ancestral samplers.
+        """
+        ...
+
     def log_snr(self, t: float | Tensor) -> Tensor:
         """``lambda(t) = log(alpha(t) / sigma(t))``."""
         ...

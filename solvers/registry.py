@@ -38,6 +38,10 @@ class SolverSpec:
             False for adaptive solvers, whose step sizes depend on the state.
         options: the keyword options it accepts, with defaults, for documentation and checks.
         reference: where the method comes from.
+        description: the first line of the solver's docstring.
+        affine_when: optional ``(options) -> bool`` refining ``affine`` for given options (a
+            predictor-corrector sampler is affine only without its Langevin corrector, a torchsde
+            solver only with fixed steps); ``None`` means ``affine`` holds for every option.
     """
 
     name: str
@@ -51,6 +55,13 @@ class SolverSpec:
     options: dict[str, Any] = field(default_factory=dict)
     reference: str = ""
     description: str = ""
+    affine_when: Callable[[dict[str, Any]], bool] | None = None
+
+    def is_affine(self, **options: Any) -> bool:
+        """Whether the solver run with ``options`` (over the defaults) is affine (see ``affine``)."""
+        if self.affine_when is None:
+            return self.affine
+        return bool(self.affine_when({**self.options, **options}))
 
 
 _REGISTRY: dict[str, SolverSpec] = {}
@@ -68,12 +79,25 @@ def register(
     options: dict[str, Any] | None = None,
     reference: str = "",
     overwrite: bool = False,
+    affine_when: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Callable[[SolverFn], SolverFn]:
-    """Decorator that registers a solver under ``name``."""
+    """Decorator that registers a solver under ``name``.
+
+    The keyword arguments are the :class:`SolverSpec` fields; ``affine`` defaults to
+    ``not adaptive``. ``overwrite=True`` replaces an existing solver of the same name.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; expected one of {', '.join(KINDS)}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r} must be a non-empty string")
+    if not (isinstance(order, int | float) and order > 0):
+        raise ValueError(f"order={order!r} must be a positive number")
+    if evals_per_step is not None and (
+        isinstance(evals_per_step, bool)
+        or not isinstance(evals_per_step, int)
+        or evals_per_step < 1
+    ):
+        raise ValueError(f"evals_per_step={evals_per_step!r} must be a positive integer or None")
 
     def decorate(fn: SolverFn) -> SolverFn:
         if name in _REGISTRY and not overwrite:
@@ -91,6 +115,7 @@ def register(
             options=dict(options or {}),
             reference=reference,
             description=doc[0] if doc else "",
+            affine_when=affine_when,
         )
         return fn
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,11 +53,42 @@ class SampleResult(NamedTuple):
     stats: SampleStats
 
 
+@dataclass(frozen=True)
+class Coefficients:
+    """Coefficients of the process at a list of times, as Python floats computed in float64.
+
+    Attributes (one entry per time):
+        t: the times.
+        alpha, sigma: the kernel ``x_t = alpha x_0 + sigma eps``.
+        log_snr: ``lambda = log(alpha / sigma)``.
+        f: the drift coefficient, ``f(x, t) = f(t) x``.
+        g2: ``g(t)^2``.
+    """
+
+    t: list[float]
+    alpha: list[float]
+    sigma: list[float]
+    log_snr: list[float]
+    f: list[float]
+    g2: list[float]
+
+
+def _drift_coef(process: DiffusionProcess, t: Tensor) -> Tensor:
+    """``f(t)`` of the linear drift ``f(x, t) = f(t) x`` (``process.drift`` applied to ones)."""
+    coef = getattr(process, "drift_coef", None)
+    if coef is not None:
+        return coef(t)
+    return process.drift(torch.ones_like(t), t)
+
+
 class SolverContext:
     """Everything a solver needs, with the float64 coefficient math done on the CPU.
 
     A solver loops ``for t, s in ctx.steps():`` (``t`` the current, ``s < t`` the next time, both
-    Python floats), updates ``x`` and calls ``ctx.done(x)`` at the end of each step.
+    Python floats), updates ``x`` and calls ``ctx.done(x)`` at the end of each step. Hot loops
+    take their coefficients as Python floats from :meth:`coefficients`, :meth:`transitions` and
+    :meth:`posteriors` (computed once for the whole grid), so a step costs no device sync and no
+    small-tensor arithmetic.
     """
 
     def __init__(
@@ -83,6 +115,7 @@ class SolverContext:
         self._pbar = tqdm(total=len(self.times) - 1, disable=not progress, leave=False)
         self._pending: list[tuple[Tensor, int, float]] = []  # deferred finiteness checks (GPU)
         self._checked_shape = False
+        self._grid_coefs: Coefficients | None = None
 
     # -- stepping -----------------------------------------------------------------------------
     def steps(self):
@@ -91,12 +124,18 @@ class SolverContext:
             self.step, self.t = i, self.times[i]
             yield self.times[i], self.times[i + 1]
 
-    def done(self, x: Tensor) -> None:
-        """Mark the current step as finished: progress bar and user callback."""
+    def done(self, x: Tensor, t: float | None = None) -> None:
+        """Mark the current step as finished: progress bar and user callback.
+
+        ``t`` is the time ``x`` has reached; by default the next grid time (solvers that choose
+        their own steps pass it).
+        """
         self.steps_taken += 1
         self._pbar.update(1)
         if self.callback is not None:
-            self.callback(self.step, self.times[self.step + 1], x)
+            if t is None:
+                t = self.times[min(self.step + 1, len(self.times) - 1)]
+            self.callback(self.step, t, x)
 
     def close(self) -> None:
         self._pbar.close()
@@ -112,12 +151,14 @@ class SolverContext:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"score_fn returned {got}; expected shape {tuple(x.shape)}")
             self._checked_shape = True
-        finite = torch.isfinite(out).all()
         if out.device.type == "cpu":
-            if not bool(finite):
+            # a NaN or Inf makes the sum non-finite; one reduction pass is ~25x cheaper than
+            # isfinite(out).all(), which then only confirms (a finite sum may overflow)
+            acc = None if out.dtype in (torch.float32, torch.float64) else torch.float32
+            if not math.isfinite(float(out.sum(dtype=acc))) and not bool(torch.isfinite(out).all()):
                 self._raise_nonfinite(self.step, t)
         else:  # no device sync on the hot path: checked once at the end
-            self._pending.append((finite, self.step, float(t)))
+            self._pending.append((torch.isfinite(out).all(), self.step, float(t)))
         return out
 
     def _raise_nonfinite(self, step: int, t: float) -> None:
@@ -135,6 +176,37 @@ class SolverContext:
             self._pending.clear()
 
     # -- coefficients (Python floats computed in float64) --------------------------------------
+    def coefficients(self, times: Sequence[float] | Tensor | None = None) -> Coefficients:
+        """The process coefficients at ``times`` (default: every grid time, cached)."""
+        if times is None:
+            if self._grid_coefs is None:
+                self._grid_coefs = self.coefficients(self.grid)
+            return self._grid_coefs
+        t = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
+        alpha, sigma = self.process.marginal(t)
+        return Coefficients(
+            t=t.tolist(),
+            alpha=alpha.to(torch.float64).tolist(),
+            sigma=sigma.to(torch.float64).tolist(),
+            log_snr=self.process.log_snr(t).to(torch.float64).tolist(),
+            f=_drift_coef(self.process, t).to(torch.float64).tolist(),
+            g2=(self.process.diffusion(t).to(torch.float64) ** 2).tolist(),
+        )
+
+    def transitions(self) -> tuple[list[float], list[float]]:
+        """Per step ``(alpha_{t|s}, sigma_{t|s})`` of the forward kernel ``x_t | x_s``."""
+        a, sig = self.process.transition(self.grid[1:], self.grid[:-1])
+        return a.to(torch.float64).tolist(), sig.to(torch.float64).tolist()
+
+    def posteriors(self) -> tuple[list[float], list[float], list[float]]:
+        """Per step ``(c_t, c_0, var)`` of ``q(x_s | x_t, x_0)`` (:meth:`DiffusionProcess.posterior`)."""
+        c_t, c_0, var = self.process.posterior(self.grid[1:], self.grid[:-1])
+        return (
+            c_t.to(torch.float64).tolist(),
+            c_0.to(torch.float64).tolist(),
+            var.to(torch.float64).tolist(),
+        )
+
     def marginal(self, t: float) -> tuple[float, float]:
         """``(alpha(t), sigma(t))``."""
         alpha, sigma = self.process.marginal(t)
@@ -214,9 +286,14 @@ def sample(
         t_end: truncation time (default ``sde.default_t_end``: 1e-3 VP/sub-VP, 1e-5 VE).
         denoise: finish with Tweedie's step ``x0 = (x + sigma^2 score) / alpha`` at ``t_end``
             (one more score evaluation).
-        generator: the source of all randomness (prior and solver noise). The same seed, batch
-            size, device and dtype give identical samples; noise is drawn batch-wide, so sample
-            ``k`` changes with the batch size.
+        generator: the source of all randomness (prior and solver noise; the torchsde
+            solvers' adaptive Brownian paths are seeded from it too, never from numpy's global
+            RNG). The same seed, batch size, device and dtype give identical samples. Noise is
+            drawn batch-wide, so sample ``k`` changes with the batch size; two solvers also
+            couple the samples of a batch: the Langevin corrector of ``predictor_corrector``
+            (its step size uses batch-averaged norms, as the reference code) and
+            ``ode_adaptive`` (one step-size sequence for the whole batch). All other solvers
+            treat each sample independently given its noise.
         progress: show a tqdm progress bar.
         callback: ``callback(step, t, x)`` after every step.
         device, dtype: where and in what precision to draw ``x_T`` (when not given).

@@ -1,0 +1,241 @@
+"""``scoresde check``: how accurate is each sampler? Measured against exact analytic targets.
+
+    scoresde check                                   # the default study (about half a minute)
+    scoresde check --solvers ddim dpm_solver_pp_2m --target gaussian_aniso_32d --nfe 5 10 20
+    scoresde check --solvers "predictor_corrector:snr=0.05" --target ring_2d --out runs/pc
+    scoresde check --solvers dpm_solver_pp_2m:grid=uniform dpm_solver_pp_2m:grid=log_snr
+    scoresde check --list                            # solvers and targets to choose from
+
+Every sampler runs with the exact score of the target, so the error is the sampler's own. Gaussian
+targets are measured by the closed-form 2-Wasserstein distance (exact output moments for affine
+solvers: no Monte-Carlo noise), mixtures by sliced W2 against a reference sample and by their
+mode weights, each with its noise floor. NFE budgets include the final denoising step. Writes
+``results.csv``, ``results.json``, ``error_vs_nfe.png`` and, for 2-D mixtures,
+``samples_<target>.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from ..harness import DEFAULT_NFES, DEFAULT_SOLVERS, DEFAULT_TARGETS
+
+    p = subparsers.add_parser(
+        "check",
+        help="measure solver accuracy against exact targets (table, orders, plot, CSV/JSON)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--solvers",
+        nargs="+",
+        metavar="NAME[:OPT=VAL,...]",
+        default=None,
+        help=f"registered solvers, 'all' for every fixed-step one (default: {' '.join(DEFAULT_SOLVERS)})",
+    )
+    p.add_argument(
+        "--target",
+        "--targets",
+        dest="targets",
+        nargs="+",
+        metavar="NAME",
+        default=list(DEFAULT_TARGETS),
+        help=f"built-in targets or 'all' (default: {' '.join(DEFAULT_TARGETS)})",
+    )
+    p.add_argument(
+        "--nfe",
+        nargs="+",
+        type=_positive_int,
+        default=list(DEFAULT_NFES),
+        help="NFE budgets, final denoising step included (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=_int, default=0, help="seeds everything (default: 0)")
+    p.add_argument("--out", default="check_results", help="output directory (default: %(default)s)")
+    p.add_argument("--sde", default="VPSDE", help="VPSDE, SubVPSDE or VESDE (default: %(default)s)")
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=4096,
+        help="samples per run for sample-based metrics (default: %(default)s)",
+    )
+    p.add_argument("--grid", default=None, help="time grid for all solvers (default: their own)")
+    p.add_argument("--t-end", type=_positive_float, default=None, help="truncation time")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="CPU threads for torch and BLAS (default: %(default)s; the study's tensors are "
+        "small, and extra threads only contend with other work on a shared machine)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--list", action="store_true", help="list solvers and targets, then exit")
+    p.set_defaults(func=run)
+    return p
+
+
+def _parse_solver(text: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:opt=value,opt=value`` (values are Python literals, else strings)."""
+    name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(
+                f"solver option {item!r} in {text!r}: expected NAME:OPTION=VALUE[,OPTION=VALUE]"
+            )
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def _listing() -> str:
+    import solvers
+
+    from ..harness import TARGETS, fixed_step_solvers
+
+    fixed = set(fixed_step_solvers())
+    lines = ["solvers (name, kind, order, NFE per step, options):"]
+    for name in solvers.available():
+        s = solvers.get(name)
+        note = "" if name in fixed else "  [adaptive: not usable at a fixed NFE budget]"
+        opts = ", ".join(f"{k}={v!r}" for k, v in s.options.items()) or "-"
+        lines.append(
+            f"  {name:<26} {s.kind:<4} {s.order:<4g} {str(s.evals_per_step):<5} {opts}{note}"
+        )
+    lines.append("targets:")
+    for name, info in TARGETS.items():
+        lines.append(f"  {name:<26} {info.description}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _thread_limit(threads: int) -> Iterator[None]:
+    """Limit torch's intra-op threads (and BLAS pools, via threadpoolctl when installed)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            yield
+        else:
+            with threadpool_limits(limits=threads):
+                yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(args: argparse.Namespace) -> int:
+    import solvers
+
+    from ..harness import TARGETS, fixed_step_solvers, run_study
+    from ..sde import SDES
+
+    def fail(msg: str) -> int:
+        print(f"scoresde check: error: {msg}", file=sys.stderr)
+        return 2
+
+    if args.list:
+        print(_listing())
+        return 0
+    try:
+        chosen: dict[str, tuple[str, dict[str, Any]]] | list[str] | None = None
+        if args.solvers is not None:
+            if args.solvers == ["all"]:
+                chosen = fixed_step_solvers()
+            else:
+                chosen = {}
+                for text in args.solvers:
+                    name, opts = _parse_solver(text)
+                    solvers.get(name)  # unknown names list the valid ones
+                    chosen[text if opts else name] = (name, opts)
+        targets = list(TARGETS) if args.targets == ["all"] else args.targets
+        for t in targets:
+            if t not in TARGETS:
+                raise ValueError(f"unknown target {t!r}; available targets: {', '.join(TARGETS)}")
+        if args.sde not in SDES:
+            raise ValueError(f"unknown SDE {args.sde!r}; available: {', '.join(SDES)}")
+        sde = SDES[args.sde]()
+    except ValueError as err:
+        return fail(str(err))
+
+    start = time.perf_counter()
+    try:
+        with _thread_limit(args.threads):
+            result = run_study(
+                chosen,
+                targets,
+                args.nfe,
+                args.seed,
+                sde=sde,
+                n_samples=args.samples,
+                t_end=args.t_end,
+                grid=args.grid,
+                progress=not args.quiet,
+            )
+    except ValueError as err:
+        return fail(str(err))
+    elapsed = time.perf_counter() - start
+
+    print(result.table())
+    print(result.orders_table())
+    os.makedirs(args.out, exist_ok=True)
+    written = [
+        result.to_csv(os.path.join(args.out, "results.csv")),
+        result.to_json(os.path.join(args.out, "results.json")),
+    ]
+    if not args.no_plot:
+        try:
+            written.append(result.plot(os.path.join(args.out, "error_vs_nfe.png")))
+            for t in result.targets:
+                if any(k[1] == t for k in result.samples):
+                    written.append(
+                        result.plot_samples(os.path.join(args.out, f"samples_{t}.png"), t)
+                    )
+        except ImportError as err:
+            print(f"scoresde check: no plots: {err}", file=sys.stderr)
+    print(f"{len(result.records)} runs in {elapsed:.1f} s; wrote:")
+    for path in written:
+        print(f"  {path}")
+    return 0
