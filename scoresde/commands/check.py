@@ -25,32 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
+from ._args import integer, positive_float, positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -81,24 +56,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--nfe",
         nargs="+",
-        type=_positive_int,
+        type=positive_int,
         default=list(DEFAULT_NFES),
         help="NFE budgets, final denoising step included (default: %(default)s)",
     )
-    p.add_argument("--seed", type=_int, default=0, help="seeds everything (default: 0)")
+    p.add_argument("--seed", type=integer, default=0, help="seeds everything (default: 0)")
     p.add_argument("--out", default="check_results", help="output directory (default: %(default)s)")
     p.add_argument("--sde", default="VPSDE", help="VPSDE, SubVPSDE or VESDE (default: %(default)s)")
     p.add_argument(
         "--samples",
-        type=_positive_int,
+        type=positive_int,
         default=4096,
         help="samples per run for sample-based metrics (default: %(default)s)",
     )
     p.add_argument("--grid", default=None, help="time grid for all solvers (default: their own)")
-    p.add_argument("--t-end", type=_positive_float, default=None, help="truncation time")
+    p.add_argument("--t-end", type=positive_float, default=None, help="truncation time")
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="CPU threads for torch and BLAS (default: %(default)s; the study's tensors are "
         "small, and extra threads only contend with other work on a shared machine)",

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .train import _nonneg_int, _positive_float, _positive_int
+from ._args import nonneg_int, positive_float, positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,9 +33,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--ckpt", required=True, help="checkpoint file written by `scoresde train`")
     p.add_argument("--data", default=None, help="dataset name (default: the checkpoint's)")
-    p.add_argument("--n", type=_positive_int, default=500, help="number of data samples")
-    p.add_argument("--rtol", type=_positive_float, default=1e-5)
-    p.add_argument("--atol", type=_positive_float, default=1e-5)
+    p.add_argument("--n", type=positive_int, default=500, help="number of data samples")
+    p.add_argument("--rtol", type=positive_float, default=1e-5)
+    p.add_argument("--atol", type=positive_float, default=1e-5)
     p.add_argument("--method", default="dopri5", help="torchdiffeq method (default dopri5)")
     p.add_argument(
         "--divergence",
@@ -44,16 +44,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="default: exact up to 256 dimensions, else hutchinson",
     )
     p.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
-    p.add_argument("--t-eps", type=_positive_float, default=1e-5, help="start time of the ODE")
+    p.add_argument("--t-eps", type=positive_float, default=1e-5, help="start time of the ODE")
     p.add_argument(
         "--num-bins",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="quantisation levels (default: inferred from the data)",
     )
     p.add_argument("--no-dequantize", action="store_true", help="evaluate the data as they are")
-    p.add_argument("--batch", type=_positive_int, default=500, help="samples per ODE solve")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=500, help="samples per ODE solve")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--float64", action="store_true", help="integrate in float64")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .train import _nonneg_int, _positive_float, _positive_int
+from ._args import nonneg_int, positive_float, positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,17 +29,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--ckpt", required=True, help="checkpoint file written by `scoresde train`")
-    p.add_argument("--n", type=_positive_int, default=1000, help="number of samples")
+    p.add_argument("--n", type=positive_int, default=1000, help="number of samples")
     p.add_argument("--solver", default="euler_maruyama", help="a registered solver name")
-    p.add_argument("--steps", type=_positive_int, default=500, help="solver steps")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--steps", type=positive_int, default=500, help="solver steps")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--grid", default=None, help="time grid (uniform, quadratic, karras, log_snr)")
-    p.add_argument("--t-end", type=_positive_float, default=None, help="truncation time")
-    p.add_argument("--batch", type=_positive_int, default=10_000, help="samples per solver call")
+    p.add_argument("--t-end", type=positive_float, default=None, help="truncation time")
+    p.add_argument("--batch", type=positive_int, default=10_000, help="samples per solver call")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    p.add_argument("--label", type=_nonneg_int, default=None, help="class (conditional models)")
+    p.add_argument("--label", type=nonneg_int, default=None, help="class (conditional models)")
     p.add_argument(
         "--guidance",
         type=float,

@@ -19,56 +19,10 @@ from typing import Any
 
 import torch
 
+from ._args import int_list, nonneg_float, nonneg_int, positive_float, positive_int
+
 SDE_CHOICES = ("vp", "subvp", "ve")
 NET_CHOICES = ("auto", "mlp", "unet")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative integer")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite positive number")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite non-negative number")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers") from None
-    return values
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -81,16 +35,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, help=f"dataset: {', '.join(DATASETS)}")
-    p.add_argument("--steps", type=_positive_int, default=10_000, help="optimisation steps")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of init, data and noise")
+    p.add_argument("--steps", type=positive_int, default=10_000, help="optimisation steps")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, data and noise")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
     g = p.add_argument_group("SDE")
     g.add_argument("--sde", choices=SDE_CHOICES, default="vp", help="diffusion (default vp)")
     g.add_argument(
         "--schedule", choices=("linear", "cosine"), default="linear", help="VP/sub-VP schedule"
     )
-    g.add_argument("--sigma-min", type=_positive_float, default=0.01, help="VE sigma_min")
-    g.add_argument("--sigma-max", type=_positive_float, default=50.0, help="VE sigma_max")
+    g.add_argument("--sigma-min", type=positive_float, default=0.01, help="VE sigma_min")
+    g.add_argument("--sigma-max", type=positive_float, default=50.0, help="VE sigma_max")
     g = p.add_argument_group("network")
     g.add_argument(
         "--net", choices=NET_CHOICES, default="auto", help="mlp for vectors, unet for images"
@@ -103,36 +57,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "saturates in the prior's tails and sends a few ODE samples far out)",
     )
     g.add_argument("--time-input", choices=("log_snr", "t"), default="log_snr")
-    g.add_argument("--hidden", type=_positive_int, default=256, help="MLP width")
-    g.add_argument("--depth", type=_positive_int, default=3, help="MLP residual blocks")
-    g.add_argument("--channels", type=_positive_int, default=None, help="U-Net base width")
-    g.add_argument("--channel-mult", type=_int_list, default=None, help="U-Net, e.g. 1,2,2,2")
-    g.add_argument("--num-res-blocks", type=_positive_int, default=None, help="U-Net blocks/level")
+    g.add_argument("--hidden", type=positive_int, default=256, help="MLP width")
+    g.add_argument("--depth", type=positive_int, default=3, help="MLP residual blocks")
+    g.add_argument("--channels", type=positive_int, default=None, help="U-Net base width")
+    g.add_argument("--channel-mult", type=int_list, default=None, help="U-Net, e.g. 1,2,2,2")
+    g.add_argument("--num-res-blocks", type=positive_int, default=None, help="U-Net blocks/level")
     g.add_argument(
-        "--attn", type=_int_list, default=None, help="U-Net attention resolutions, e.g. 16"
+        "--attn", type=int_list, default=None, help="U-Net attention resolutions, e.g. 16"
     )
-    g.add_argument("--dropout", type=_nonneg_float, default=None, help="dropout rate")
+    g.add_argument("--dropout", type=nonneg_float, default=None, help="dropout rate")
     g.add_argument("--cond", action="store_true", help="class-conditional (labelled data)")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=("dsm", "ddpm"), default="dsm")
     g.add_argument("--weighting", choices=("sigma2", "likelihood", "eps"), default="sigma2")
     g.add_argument("--importance", action="store_true", help="importance-sample t (DSM)")
-    g.add_argument("--t-eps", type=_positive_float, default=1e-5, help="smallest training time")
-    g.add_argument("--ddpm-steps", type=_positive_int, default=1000, help="N of the DDPM loss")
+    g.add_argument("--t-eps", type=positive_float, default=1e-5, help="smallest training time")
+    g.add_argument("--ddpm-steps", type=positive_int, default=1000, help="N of the DDPM loss")
     g.add_argument(
         "--label-dropout",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=None,
         help="null-label rate (default 0.1 with --cond)",
     )
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch", type=_positive_int, default=None, help="global batch (256 / 128)")
-    g.add_argument("--lr", type=_positive_float, default=None, help="learning rate (1e-3 / 2e-4)")
-    g.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
-    g.add_argument("--warmup", type=_nonneg_int, default=None, help="LR warmup steps (100 / 1000)")
-    g.add_argument("--grad-clip", type=_nonneg_float, default=1.0, help="0 disables")
+    g.add_argument("--batch", type=positive_int, default=None, help="global batch (256 / 128)")
+    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (1e-3 / 2e-4)")
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    g.add_argument("--warmup", type=nonneg_int, default=None, help="LR warmup steps (100 / 1000)")
+    g.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="0 disables")
     g.add_argument(
-        "--ema", type=_nonneg_float, default=None, help="EMA decay (0.999 / 0.9999); 0 disables"
+        "--ema", type=nonneg_float, default=None, help="EMA decay (0.999 / 0.9999); 0 disables"
     )
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -145,8 +99,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="continue from DIR/checkpoint.pt if present (or from FILE)",
     )
-    g.add_argument("--ckpt-every", type=_nonneg_int, default=1000, help="0: only at the end")
-    g.add_argument("--log-every", type=_positive_int, default=100)
+    g.add_argument("--ckpt-every", type=nonneg_int, default=1000, help="0: only at the end")
+    g.add_argument("--log-every", type=positive_int, default=100)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
