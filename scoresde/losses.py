@@ -82,6 +82,30 @@ def _check_x0(x0: Tensor) -> None:
         raise ValueError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}")
 
 
+def _eps_residual(
+    model: nn.Module,
+    x0: Tensor,
+    t: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    y: Tensor | None,
+    label_dropout: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``eps_theta(x_t, t) - eps`` flattened to ``(B, D)``, with ``x_t = alpha x0 + sigma eps``.
+
+    Whatever the network predicts is converted to eps exactly (:func:`solvers.to_eps`), so every
+    loss here is a weighted eps-MSE.
+    """
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    a, s = alpha.to(x0.dtype), sigma.to(x0.dtype)
+    x_t = broadcast_to(a, x0) * x0 + broadcast_to(s, x0) * eps
+    y = _drop_labels(y, model, label_dropout, generator, x0.device)
+    pred = model(x_t, t, y, alpha=alpha, sigma=sigma)
+    eps_hat = to_eps(pred.to(x0.dtype), _unwrap(model).prediction, x_t, a, s)
+    return (eps_hat - eps).reshape(x0.shape[0], -1)
+
+
 class DSMLoss:
     """Continuous-time denoising score matching (see the module docstring).
 
@@ -178,13 +202,8 @@ class DSMLoss:
         else:
             t, iw = torch.as_tensor(t, device=x0.device, dtype=tdtype).expand(batch), None
         alpha, sigma = self.sde.marginal(t)  # computed in float64, returned in t's dtype
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        a, s = alpha.to(x0.dtype), sigma.to(x0.dtype)
-        x_t = broadcast_to(a, x0) * x0 + broadcast_to(s, x0) * eps
-        y = _drop_labels(y, model, self.label_dropout, generator, x0.device)
-        pred = model(x_t, t, y, alpha=alpha, sigma=sigma)
-        eps_hat = to_eps(pred.to(x0.dtype), _unwrap(model).prediction, x_t, a, s)
-        sq = (eps_hat - eps).pow(2).reshape(batch, -1).sum(1)
+        residual = _eps_residual(model, x0, t, alpha, sigma, y, self.label_dropout, generator)
+        sq = residual.pow(2).sum(1)
         out = self._weight(t, sigma, dim) * sq
         return out if iw is None else out * iw
 
@@ -265,13 +284,8 @@ class DDPMLoss:
             i = torch.as_tensor(i, device=x0.device).long().expand(batch)
         ts, alphas, sigmas = self._table(x0.device, _time_dtype(x0))
         t, alpha, sigma = ts[i], alphas[i], sigmas[i]
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        a, s = alpha.to(x0.dtype), sigma.to(x0.dtype)
-        x_t = broadcast_to(a, x0) * x0 + broadcast_to(s, x0) * eps
-        y = _drop_labels(y, model, self.label_dropout, generator, x0.device)
-        pred = model(x_t, t, y, alpha=alpha, sigma=sigma)
-        eps_hat = to_eps(pred.to(x0.dtype), _unwrap(model).prediction, x_t, a, s)
-        return (eps_hat - eps).pow(2).reshape(batch, -1).mean(1)
+        residual = _eps_residual(model, x0, t, alpha, sigma, y, self.label_dropout, generator)
+        return residual.pow(2).mean(1)
 
     def __call__(
         self,

@@ -215,11 +215,9 @@ class DiffusionSDE(abc.ABC):
         return f"{type(self).__name__}({self.schedule!r})"
 
 
-class VPSDE(DiffusionSDE):
-    """Variance preserving: ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw``.
-
-    ``alpha = exp(-I/2)``, ``sigma = sqrt(-expm1(-I))`` with ``I = int_0^t beta``; prior ``N(0, I)``.
-    """
+class _VPDrift(DiffusionSDE):
+    """What VP and sub-VP share: a VP schedule (default :class:`LinearVP`), the drift
+    ``-beta(t) x / 2``, ``alpha = exp(-I/2)``, the prior ``N(0, I)`` and ``t_end = 1e-3``."""
 
     default_t_end = 1e-3
 
@@ -227,16 +225,29 @@ class VPSDE(DiffusionSDE):
         schedule = S.LinearVP() if schedule is None else schedule
         super().__init__(schedule)
         if not schedule.variance_preserving:
-            raise ValueError(f"VPSDE needs a variance-preserving schedule, got {schedule!r}")
+            raise ValueError(
+                f"{type(self).__name__} needs a variance-preserving schedule, got {schedule!r}"
+            )
 
     def _log_alpha(self, t: Tensor) -> Tensor:
         return self.schedule._log_alpha(t)
 
-    def _sigma(self, t: Tensor) -> Tensor:
-        return self.schedule._sigma(t)
-
     def _drift_coef(self, t: Tensor) -> Tensor:
         return -0.5 * self.schedule._beta(t)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+class VPSDE(_VPDrift):
+    """Variance preserving: ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw``.
+
+    ``alpha = exp(-I/2)``, ``sigma = sqrt(-expm1(-I))`` with ``I = int_0^t beta``; prior ``N(0, I)``.
+    """
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return self.schedule._sigma(t)
 
     def _diffusion_sq(self, t: Tensor) -> Tensor:
         return self.schedule._beta(t)
@@ -246,10 +257,6 @@ class VPSDE(DiffusionSDE):
 
     def _t_from_log_snr(self, lam: Tensor) -> Tensor:
         return self.schedule._t_from_log_snr(lam)
-
-    @property
-    def prior_std(self) -> float:
-        return 1.0
 
     def transition(self, s: TimeLike, t: TimeLike) -> tuple[Tensor, Tensor]:
         """VP: ``alpha_{t|s} = exp(-(I_t - I_s)/2)``, ``sigma_{t|s} = sqrt(-expm1(-(I_t - I_s)))``."""
@@ -267,28 +274,14 @@ class VPSDE(DiffusionSDE):
         return DiscreteDDPM(self, num_steps)
 
 
-class SubVPSDE(DiffusionSDE):
+class SubVPSDE(_VPDrift):
     """Sub-VP: ``dx = -beta x / 2 dt + sqrt(beta (1 - exp(-2 I))) dw``.
 
     ``alpha = exp(-I/2)`` and ``sigma = 1 - alpha^2 = -expm1(-I)`` (no square root); prior ``N(0, I)``.
     """
 
-    default_t_end = 1e-3
-
-    def __init__(self, schedule: S.Schedule | None = None) -> None:
-        schedule = S.LinearVP() if schedule is None else schedule
-        super().__init__(schedule)
-        if not schedule.variance_preserving:
-            raise ValueError(f"SubVPSDE needs a variance-preserving schedule, got {schedule!r}")
-
-    def _log_alpha(self, t: Tensor) -> Tensor:
-        return self.schedule._log_alpha(t)
-
     def _sigma(self, t: Tensor) -> Tensor:
         return -torch.expm1(-self.schedule._integral_beta(t))
-
-    def _drift_coef(self, t: Tensor) -> Tensor:
-        return -0.5 * self.schedule._beta(t)
 
     def _diffusion_sq(self, t: Tensor) -> Tensor:
         return self.schedule._beta(t) * -torch.expm1(-2.0 * self.schedule._integral_beta(t))
@@ -301,10 +294,6 @@ class SubVPSDE(DiffusionSDE):
         # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^(2 lam)))
         log_alpha = lam + math.log(2.0) - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam)))
         return self.schedule._t_from_integral(-2.0 * log_alpha)
-
-    @property
-    def prior_std(self) -> float:
-        return 1.0
 
 
 class VESDE(DiffusionSDE):
