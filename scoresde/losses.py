@@ -34,6 +34,7 @@ Losses are callables ``loss(model, x0, y=None, generator=None) -> scalar`` with 
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -106,7 +107,31 @@ def _eps_residual(
     return (eps_hat - eps).reshape(x0.shape[0], -1)
 
 
-class DSMLoss:
+class _BatchLoss(abc.ABC):
+    """A loss defined per sample; calling it averages ``per_sample`` over the batch."""
+
+    @abc.abstractmethod
+    def per_sample(
+        self,
+        model: nn.Module,
+        x0: Tensor,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The loss of each sample of the batch ``x0``: shape ``(B,)``."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x0: Tensor,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Monte-Carlo estimate of the loss on the batch ``x0``: the mean of :meth:`per_sample`."""
+        return self.per_sample(model, x0, y, generator).mean()
+
+
+class DSMLoss(_BatchLoss):
     """Continuous-time denoising score matching (see the module docstring).
 
     Args:
@@ -207,16 +232,6 @@ class DSMLoss:
         out = self._weight(t, sigma, dim) * sq
         return out if iw is None else out * iw
 
-    def __call__(
-        self,
-        model: nn.Module,
-        x0: Tensor,
-        y: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Monte-Carlo estimate of ``J(theta)`` on the batch ``x0``."""
-        return self.per_sample(model, x0, y, generator).mean()
-
     def __repr__(self) -> str:
         return (
             f"DSMLoss(weighting={self.weighting!r}, t_sampling={self.t_sampling!r}, "
@@ -224,7 +239,7 @@ class DSMLoss:
         )
 
 
-class DDPMLoss:
+class DDPMLoss(_BatchLoss):
     """The discrete DDPM loss ``E_i E_eps mean_j (eps_theta(x_i, t_i) - eps)_j^2`` on the chain
     :meth:`VPSDE.ddpm(num_steps) <scoresde.sde.VPSDE.ddpm>` (``abar_i = alpha(t_i)^2``).
 
@@ -286,16 +301,6 @@ class DDPMLoss:
         t, alpha, sigma = ts[i], alphas[i], sigmas[i]
         residual = _eps_residual(model, x0, t, alpha, sigma, y, self.label_dropout, generator)
         return residual.pow(2).mean(1)
-
-    def __call__(
-        self,
-        model: nn.Module,
-        x0: Tensor,
-        y: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Monte-Carlo estimate of the DDPM loss on the batch ``x0``."""
-        return self.per_sample(model, x0, y, generator).mean()
 
     def __repr__(self) -> str:
         return f"DDPMLoss(num_steps={self.num_steps})"
