@@ -10,12 +10,11 @@ import pytest
 import torch
 
 import solvers
-from scoresde import VESDE, VPSDE, Gaussian, GaussianMixture
+from scoresde import VPSDE, Gaussian, GaussianMixture
 from scoresde.accuracy import gaussian_w2
 from scoresde.cli import main
 from scoresde.harness import (
     TARGETS,
-    ExactScore,
     fit_order,
     get_target,
     mode_errors,
@@ -30,27 +29,6 @@ def separated_mixture(weights=(0.5, 0.3, 0.2)) -> GaussianMixture:
     means = [[-30.0, 0.0], [0.0, 30.0], [30.0, 0.0]]
     covs = [[[1.0, 0.3], [0.3, 0.5]], [[0.4, 0.0], [0.0, 0.4]], [[0.2, -0.1], [-0.1, 0.6]]]
     return GaussianMixture(list(weights), means, covs)
-
-
-# -- exact score -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["ring_2d", "mixture_16d", "gaussian_aniso_8d"])
-@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["VP", "VE"])
-def test_exact_score_equals_target_score(name, sde):
-    target = get_target(name)
-    fast = ExactScore(target, sde)
-    g = torch.Generator().manual_seed(0)
-    x = 3 * torch.randn(257, target.dim, generator=g, dtype=torch.float64)
-    for t in (1e-3, 0.3, 1.0):
-        tvec = torch.full((257,), t, dtype=torch.float64)
-        ref = target.score(x, tvec, sde)
-        assert torch.allclose(fast(x, tvec), ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
-        out32 = fast(x.float(), tvec.float())
-        assert out32.dtype == torch.float32
-        assert torch.allclose(out32.double(), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
-    mixed = torch.linspace(1e-3, 1.0, 257, dtype=torch.float64)  # per-sample times: fallback
-    assert torch.equal(fast(x, mixed), target.score(x, mixed, sde))
 
 
 # -- sample-based metrics --------------------------------------------------------------------------

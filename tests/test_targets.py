@@ -39,6 +39,25 @@ def test_score_is_gradient_of_log_density(sde, target):
 
 
 @pytest.mark.parametrize("sde", SDES, ids=repr)
+@pytest.mark.parametrize("target", [gaussian_3d(), mixture_2d()], ids=repr)
+def test_shared_time_score_is_gradient_of_log_density(sde, target):
+    """The batch-at-one-time path (stacked matrices, what samplers hit) against autograd of the
+    per-component log-density; float64 to round-off, float32 to its precision."""
+    g = torch.Generator().manual_seed(1)
+    x = 3.0 * torch.randn(257, target.dim, generator=g, dtype=torch.float64)
+    for t in (1e-3, 0.3, sde.T):
+        tvec = torch.full((257,), t, dtype=torch.float64)
+        xg = x.clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(target.log_prob_t(xg, tvec, sde).sum(), xg)
+        scale = float(ref.abs().max())
+        assert torch.allclose(target.score(x, tvec, sde), ref, rtol=1e-9, atol=1e-9 * scale)
+        assert torch.allclose(target.score(x, t, sde), ref, rtol=1e-9, atol=1e-9 * scale)
+        out32 = target.score(x.float(), tvec.float(), sde)
+        assert out32.dtype == torch.float32
+        assert torch.allclose(out32.double(), ref, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
 def test_gaussian_score_closed_form(sde):
     target = gaussian_3d()
     t = 0.3
