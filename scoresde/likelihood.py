@@ -31,8 +31,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from solvers.parametrization import broadcast_to
-
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 LogDensityFn = Callable[[Tensor], Tensor]
 
@@ -211,26 +209,21 @@ class _AugmentedFlow(torch.nn.Module):
 
     def __init__(self, sde: Any, score_fn: ScoreFn, divergence: str, probes: Tensor | None):
         super().__init__()
-        self.sde = sde
-        self.T = float(sde.T)
-        self.score_fn = score_fn
+        self.flow = sde.probability_flow(score_fn)
         self.divergence = divergence
         self.probes = probes
-        self.nfe = 0
+
+    @property
+    def nfe(self) -> int:
+        return self.flow.nfe
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, _ = state
-        self.nfe += 1
-        # torchdiffeq's initial-step heuristic probes t0 + h0, which may lie beyond T where the
-        # schedule is undefined; steps themselves end exactly at T (``step_t``), so this clamp only
-        # ever affects that probe.
-        t = t.clamp(max=self.T)
+        # torchdiffeq's initial-step heuristic probes t0 + h0, which may lie beyond T; the flow
+        # clamps its time to [0, T], and steps themselves end exactly at T (``step_t``).
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            tvec = t.to(x.dtype).expand(x.shape[0])
-            score = self.score_fn(x, tvec)
-            g2 = self.sde.diffusion(t).to(x.dtype) ** 2
-            v = self.sde.drift(x, t) - 0.5 * broadcast_to(g2, x) * score
+            v, score = self.flow.velocity_and_score(t, x)
             if not score.requires_grad:
                 raise ValueError(
                     "score_fn returned a tensor without a graph to x (it detached its output or "

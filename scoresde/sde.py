@@ -378,11 +378,15 @@ class ProbabilityFlowODE(nn.Module):
         self.nfe = 0
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.velocity_and_score(t, x)[0]
+
+    def velocity_and_score(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The field and the score it used (the likelihood checks the score's graph)."""
         t = _clamp_time(t, self.sde.T)
         self.nfe += 1
         score = self.score_fn(x, _per_sample_time(t, x.shape[0], x))
         g2 = self.sde.diffusion(t).to(x.dtype) ** 2
-        return self.sde.drift(x, t) - 0.5 * g2 * score
+        return self.sde.drift(x, t) - 0.5 * g2 * score, score
 
 
 SDES: dict[str, type[DiffusionSDE]] = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
