@@ -30,11 +30,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--ckpt", required=True, help="checkpoint file written by `scoresde train`")
     p.add_argument("--n", type=positive_int, default=1000, help="number of samples")
-    p.add_argument("--solver", default="euler_maruyama", help="a registered solver name")
+    p.add_argument(
+        "--solver",
+        default=None,
+        help="a registered solver name (default: the --grid file's solver, else euler_maruyama)",
+    )
     p.add_argument("--steps", type=positive_int, default=500, help="solver steps")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--grid", default=None, help="time grid (uniform, quadratic, karras, log_snr)")
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="time grid: uniform, quadratic, karras, log_snr, or a JSON file from `scoresde tune`",
+    )
     p.add_argument("--t-end", type=positive_float, default=None, help="truncation time")
     p.add_argument("--batch", type=positive_int, default=10_000, help="samples per solver call")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -64,6 +72,29 @@ def _reference(meta: dict[str, Any], n: int, seed: int):
     return data.reference(n, seed), data.target
 
 
+def _grid_arg(args: argparse.Namespace, sde: Any) -> tuple[Any, dict[str, Any]]:
+    """``--grid``: a grid name, or a tuned grid file (which also gives the solver and options).
+
+    Sets ``args.solver`` when it was not given; a file tuned for another SDE is an error.
+    """
+    if args.grid is None or not args.grid.endswith(".json"):
+        args.solver = args.solver or "euler_maruyama"
+        return args.grid, {}
+    from ..tuning import load_grid
+
+    grid, meta = load_grid(args.grid)
+    if meta.get("sde") not in (None, sde.to_config()):
+        raise ValueError(
+            f"grid file {args.grid!r} was tuned for the SDE {meta['sde']}; the checkpoint's is "
+            f"{sde.to_config()}"
+        )
+    if args.t_end is not None:
+        raise ValueError("--t-end cannot be combined with a grid file (the grid ends at its t_end)")
+    args.solver = args.solver or meta.get("solver") or "euler_maruyama"
+    same = args.solver == meta.get("solver")
+    return grid, dict(meta.get("options") or {}) if same else {}
+
+
 def run(args: argparse.Namespace) -> int:
     from solvers import available, get, sample
 
@@ -74,11 +105,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        get(args.solver)
-    except ValueError as err:
-        return fail(str(err))
-    try:
+        if args.solver is not None:
+            get(args.solver)
         sde, model, score_fn, meta = load_pretrained(args.ckpt, args.device, ema=not args.no_ema)
+        grid, options = _grid_arg(args, sde)
+        get(args.solver)
     except (FileNotFoundError, CheckpointError, ValueError) as err:
         return fail(str(err))
     info = meta["data"]
@@ -115,9 +146,10 @@ def run(args: argparse.Namespace) -> int:
                 x_T=x_T,
                 solver=args.solver,
                 steps=args.steps,
-                grid=args.grid,
+                grid=grid,
                 t_end=args.t_end,
                 generator=gen,
+                **options,
             )
             chunks.append(out.float().cpu())
             nfe = stats.nfe
