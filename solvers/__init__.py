@@ -6,6 +6,7 @@ Depends only on :mod:`schedules` and on the process protocol defined here
 
 from . import (  # noqa: F401  (registers the built-in solvers)
     fast_solvers,
+    multistep,
     ode_solvers,
     sde_solvers,
     torchsde_solvers,
