@@ -21,7 +21,8 @@ For every target, solver and NFE budget (the final denoising step included):
 anisotropic covariances); nothing in ``tune_grid`` was developed on it.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tuning.py`` (about 20 min on one core;
-``--quick`` for a smoke run; ``--json F`` keeps every number).
+``--quick`` for a smoke run; ``--json F`` keeps every row; ``--tables-from F1 F2`` prints the
+tables of rows saved by several runs, e.g. one per set of ``--solvers``).
 """
 
 from __future__ import annotations
@@ -215,7 +216,23 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20000, help="fresh samples per evaluation")
     p.add_argument("--quick", action="store_true", help="smoke run: small and few")
     p.add_argument("--json", default=None, help="write every row to this JSON file")
+    p.add_argument(
+        "--tables-from",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the tables of rows saved by earlier --json runs (no new runs)",
+    )
     args = p.parse_args()
+    if args.tables_from:
+        rows = []
+        for path in args.tables_from:
+            with open(path) as fh:
+                rows += json.load(fh)
+        order = {t: i for i, t in enumerate(TARGETS)}
+        rows.sort(key=lambda r: order.get(r["target"], len(order)))  # stable: solvers stay in order
+        print(tables(rows))
+        return
     if args.solvers is None:
         args.solvers = list(SOLVERS) + [s for s in NEW_SOLVERS if s in solvers.available()]
     if args.quick:
