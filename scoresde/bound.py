@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from solvers.parametrization import broadcast_to
+from schedules.parametrization import broadcast_to
 
 from .likelihood import dequantization_offset
 

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from schedules import time_grid
+from schedules.parametrization import tweedie_denoise
 from solvers import SampleResult, SampleStats, get, sample
-from solvers.parametrization import tweedie_denoise
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 CondScoreFn = Callable[[Tensor, Tensor, Any], Tensor]

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import schedules as S
 from schedules.base import TimeLike, as_float64, check_time
-from solvers.parametrization import broadcast_to
+from schedules.parametrization import broadcast_to
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 

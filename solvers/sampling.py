@@ -13,8 +13,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from schedules import time_grid
+from schedules.parametrization import tweedie_denoise
 
-from .parametrization import tweedie_denoise
 from .protocol import DiffusionProcess, ScoreFn
 from .registry import get
 
