@@ -36,7 +36,6 @@ term and data point. The decoder ``p(x_0 | x_1)`` (step 1, where ``beta-tilde_1 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +43,10 @@ import torch
 from torch import Tensor
 
 from schedules.parametrization import broadcast_to
+from solvers.protocol import ScoreFn
 
 from .likelihood import dequantization_offset
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 DECODERS = ("gaussian", "discretized")
 VARIANCES = ("beta", "posterior")
 

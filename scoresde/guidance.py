@@ -35,8 +35,8 @@ from torch import Tensor
 from schedules import time_grid
 from schedules.parametrization import tweedie_denoise
 from solvers import SampleResult, SampleStats, get, sample
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 CondScoreFn = Callable[[Tensor, Tensor, Any], Tensor]
 LogLikFn = Callable[[Tensor, Tensor], Tensor]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,8 +25,7 @@ from torch import Tensor, nn
 import schedules as S
 from schedules.base import TimeLike, as_float64, check_time
 from schedules.parametrization import broadcast_to
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from solvers.protocol import ScoreFn
 
 
 def _clamp_time(t: Tensor, T: float) -> Tensor:

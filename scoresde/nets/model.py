@@ -20,15 +20,14 @@ With ``x_t = alpha(t) x0 + sigma(t) eps`` (``alpha, sigma = sde.marginal(t)``) t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from schedules.parametrization import PREDICTIONS, broadcast_to, convert
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 TIME_INPUTS = ("log_snr", "t")
 
 
