@@ -38,8 +38,14 @@ import torch
 
 import solvers
 from scoresde import VPSDE, GaussianMixture, LinearVP, sample, tune_grid
-from scoresde.accuracy import exact_output_moments, exact_solution_moments, gaussian_w2
-from scoresde.harness import get_target, steps_for_budget
+from scoresde.harness import (
+    exact_output_moments,
+    exact_solution_moments,
+    gaussian_w2,
+    get_target,
+    per_mode_w2,
+    steps_for_budget,
+)
 
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tuning.py"
 SOLVERS = ("ddim", "dpm_solver_pp_2m", "ode_heun", "edm_heun", "ode_rk4")
@@ -62,21 +68,6 @@ def heldout_mixture(d: int = 8, k: int = 6, seed: int = 20261127) -> GaussianMix
 
 def target_by_name(name: str) -> GaussianMixture:
     return heldout_mixture() if name == "heldout_mixture_8d" else get_target(name)
-
-
-def per_mode_w2(x: torch.Tensor, target: GaussianMixture) -> float:
-    """Per-mode W2: Bures W2 of each mode's responsibility-weighted moments against the true
-    component, averaged with the true weights."""
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
-    r = target.responsibilities(x)
-    mass = r.sum(0).clamp_min(1e-300)
-    m = (r.T @ x) / mass[:, None]
-    c = x[None] - m[:, None]
-    cov = torch.einsum("bk,kbi,kbj->kij", r, c, c) / mass[:, None, None]
-    return sum(
-        float(w) * gaussian_w2(m[k], cov[k], target.means[k], target.covs[k])
-        for k, w in enumerate(target.weights)
-    )
 
 
 class Evaluator:

@@ -12,8 +12,7 @@ import torch
 import solvers
 from schedules import LinearVP, time_grid
 from scoresde import VESDE, VPSDE, GaussianMixture, load_grid, save_grid, tune_grid
-from scoresde.accuracy import gaussian_w2
-from scoresde.harness import steps_for_budget
+from scoresde.harness import per_mode_w2, steps_for_budget
 from scoresde.tuning import TuneResult, sliced_w2_sq, warped_log_snr_grid
 
 SDE = VPSDE(LinearVP())
@@ -26,20 +25,6 @@ def _mixture() -> GaussianMixture:
     weights = torch.tensor([0.3, 0.25, 0.2, 0.15, 0.1], dtype=torch.float64)
     variances = torch.tensor([0.04, 0.02, 0.03, 0.01, 0.05], dtype=torch.float64)
     return GaussianMixture(weights, means, variances)
-
-
-def _per_mode_w2(x: torch.Tensor, target: GaussianMixture) -> float:
-    """Bures W2 between each mode's responsibility-weighted sample moments and the true component,
-    averaged with the true weights."""
-    r = target.responsibilities(x)
-    mass = r.sum(0)
-    m = (r.T @ x) / mass[:, None]
-    c = x[None] - m[:, None]
-    cov = torch.einsum("bk,kbi,kbj->kij", r, c, c) / mass[:, None, None]
-    return sum(
-        float(w) * gaussian_w2(m[k], cov[k], target.means[k], target.covs[k])
-        for k, w in enumerate(target.weights)
-    )
 
 
 @pytest.mark.parametrize("sde", [SDE, VESDE()])
@@ -117,7 +102,7 @@ def test_tuning_helps_on_a_mixture_on_fresh_samples(tuned):
     per-mode W2 excess over the exact-sample floor, on samples the tuning never saw."""
     target = _mixture()
     n = 8000
-    floor = _per_mode_w2(
+    floor = per_mode_w2(
         target.sample(n, generator=torch.Generator().manual_seed(11), dtype=torch.float64), target
     )
     x_T = SDE.prior_sample((n, 2), generator=torch.Generator().manual_seed(12), dtype=torch.float64)
@@ -127,8 +112,8 @@ def test_tuning_helps_on_a_mixture_on_fresh_samples(tuned):
     tuned_out = solvers.sample(
         SDE, score, x_T=x_T, solver="dpm_solver_pp_2m", grid=tuned.grid
     ).samples
-    excess_default = _per_mode_w2(default, target) - floor
-    excess_tuned = _per_mode_w2(tuned_out, target) - floor
+    excess_default = per_mode_w2(default, target) - floor
+    excess_tuned = per_mode_w2(tuned_out, target) - floor
     assert excess_tuned < 0.5 * excess_default, (excess_tuned, excess_default)
 
 
