@@ -78,3 +78,18 @@ def test_grid_file_errors(ckpt, tmp_path, capsys):
     assert "cannot pay for one step" in capsys.readouterr().err
     assert main([*tune, "--solver", "ddim", "--max-runs", "3"]) == 2
     assert "max_runs=3" in capsys.readouterr().err
+
+
+def test_check_tuned_shows_tuned_and_default_grids(tmp_path, capsys):
+    out = tmp_path / "check"
+    args = ["check", "--tuned", "--solvers", "dpm_solver_pp_2m", "--target", "ring_2d"]
+    args += ["--nfe", "10", "--samples", "512", "--tune-probe", "256", "--no-plot", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "  dpm_solver_pp_2m   " in text and "  dpm_solver_pp_2m tuned " in text
+    doc = json.loads((out / "results.json").read_text())
+    rows = {r["solver"]: r for r in doc["records"]}
+    assert set(rows) == {"dpm_solver_pp_2m", "dpm_solver_pp_2m tuned"}
+    grid = doc["settings"]["tuned_grids"]["ring_2d"]["dpm_solver_pp_2m"]["10"]
+    assert len(grid) == 10 and grid[0] == 1.0 and rows["dpm_solver_pp_2m tuned"]["nfe"] == 10
+    assert rows["dpm_solver_pp_2m tuned"]["per_mode_w2"] < rows["dpm_solver_pp_2m"]["per_mode_w2"]

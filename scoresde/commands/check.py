@@ -4,6 +4,7 @@
     scoresde check --solvers ddim dpm_solver_pp_2m --target gaussian_aniso_32d --nfe 5 10 20
     scoresde check --solvers "predictor_corrector:snr=0.05" --target ring_2d --out runs/pc
     scoresde check --solvers dpm_solver_pp_2m:grid=uniform dpm_solver_pp_2m:grid=log_snr
+    scoresde check --tuned --solvers unipc dpm_solver_pp_2m --nfe 5 10 20  # tuned vs default grids
     scoresde check --list                            # solvers and targets to choose from
 
 Every sampler runs with the exact score of the target, so the error is the sampler's own. Gaussian
@@ -77,6 +78,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=1,
         help="CPU threads for torch and BLAS (default: %(default)s; the study's tensors are "
         "small, and extra threads only contend with other work on a shared machine)",
+    )
+    p.add_argument(
+        "--tuned",
+        action="store_true",
+        help="also run each solver on a grid tuned by scoresde.tune_grid for each target and NFE "
+        "(a '<solver> tuned' row beside each solver; a few seconds per grid)",
+    )
+    p.add_argument(
+        "--tune-probe",
+        type=positive_int,
+        default=1024,
+        help="probe batch size for --tuned (default: %(default)s)",
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -189,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
                 grid=args.grid,
                 progress=not args.quiet,
             )
+            if args.tuned:
+                from ._tuned import with_tuned_grids
+
+                result = with_tuned_grids(result, sde, args.tune_probe, progress=not args.quiet)
     except ValueError as err:
         return fail(str(err))
     elapsed = time.perf_counter() - start
