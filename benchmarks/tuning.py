@@ -37,7 +37,7 @@ import time
 import torch
 
 import solvers
-from scoresde import VPSDE, GaussianMixture, LinearVP, sample, tune_grid
+from scoresde import VPSDE, GaussianMixture, LinearVP, TuneResult, sample, tune_grid
 from scoresde.harness import (
     exact_output_moments,
     exact_solution_moments,
@@ -95,6 +95,12 @@ class Evaluator:
         return per_mode_w2(out.samples, self.target) - self.floor
 
 
+def tune(sde, score, solver: str, nfe: int, probe: tuple[int, int], seed: int) -> TuneResult:
+    """``tune_grid`` on a probe batch drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return tune_grid(sde, score, solver, nfe, probe, gen, return_result=True)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     sde = VPSDE(LinearVP())
     rows = []
@@ -106,16 +112,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 steps = steps_for_budget(solver, nfe)
                 if steps < 1:
                     continue
+                probe = (args.probe, target.dim)
                 wall, cpu = time.perf_counter(), time.process_time()
-                res = tune_grid(
-                    sde,
-                    ev.score,
-                    solver,
-                    nfe,
-                    (args.probe, target.dim),
-                    torch.Generator().manual_seed(0),
-                    return_result=True,
-                )
+                res = tune(sde, ev.score, solver, nfe, probe, seed=0)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 row = dict(
                     target=tname,
@@ -131,15 +130,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     cpu_s=cpu,
                 )
                 if nfe in args.overfit_nfe:
-                    other = tune_grid(
-                        sde,
-                        ev.score,
-                        solver,
-                        nfe,
-                        (args.probe, target.dim),
-                        torch.Generator().manual_seed(1),
-                    )
-                    row["tuned_seed1"] = ev.excess(solver, steps, other)
+                    other = tune(sde, ev.score, solver, nfe, probe, seed=1)
+                    row["tuned_seed1"] = ev.excess(solver, steps, other.grid)
                 rows.append(row)
                 print(
                     f"{tname:20s} {solver:17s} NFE {nfe:3d}: excess {row['default']:.3g} -> "
