@@ -234,7 +234,7 @@ def tune_grid(
         key = (power, t_end)
         if key in trials:
             return trials[key]
-        if len(trials) >= max_runs or not t_ref <= t_end < T:
+        if len(trials) >= max_runs or (power is not None and not t_ref <= t_end < T):
             return math.inf
         try:
             grid = candidate(power, t_end)

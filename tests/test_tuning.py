@@ -165,3 +165,11 @@ def test_load_grid_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_grid(tmp_path / "bad.json")
+
+
+def test_default_grid_competes_when_the_reference_ends_later():
+    score = _mixture().score_fn(SDE)
+    small = dict(powers=(1.0,), t_end_factors=(1.0,), max_runs=4, reference_t_end=0.01)
+    res = tune_grid(SDE, score, "ddim", 6, (64, 2), return_result=True, **small)
+    assert math.isfinite(res.default_objective)  # the default grid at default_t_end was run
+    assert res.power is None or res.t_end >= 0.01  # warped candidates end after the reference
