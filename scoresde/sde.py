@@ -25,7 +25,8 @@ from torch import Tensor, nn
 import schedules as S
 from schedules.base import TimeLike, as_float64, check_time
 from schedules.parametrization import broadcast_to
-from solvers.protocol import ScoreFn
+from solvers.protocol import ScoreFn, pf_velocity
+from solvers.torchsde_solvers import ReverseSDE
 
 
 def _clamp_time(t: Tensor, T: float) -> Tensor:
@@ -199,8 +200,10 @@ class DiffusionSDE(abc.ABC):
 
     # -- derived processes --------------------------------------------------------------------
     def reverse(self, score_fn: ScoreFn, event_shape: Sequence[int] | None = None) -> ReverseSDE:
-        """The reverse-time SDE in ``s = T - t``, integrable by ``torchsde.sdeint``."""
-        return ReverseSDE(self, score_fn, event_shape)
+        """The reverse-time SDE in ``s = T - t``, integrable by ``torchsde.sdeint``: with
+        ``t = T - s``, ``dx = -[f(x, t) - g(t)^2 score(x, t)] ds + g(t) dw_s`` on a
+        ``(batch, d)`` state (unflattened to ``event_shape`` for the score when given)."""
+        return ReverseSDE.from_score_fn(self, score_fn, event_shape)
 
     def probability_flow(self, score_fn: ScoreFn) -> ProbabilityFlowODE:
         """The probability-flow ODE ``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` (torchdiffeq)."""
@@ -329,40 +332,6 @@ class VESDE(DiffusionSDE):
         return float(self.schedule.sigma(self.T))
 
 
-class ReverseSDE:
-    """The reverse-time SDE in the increasing time ``s = T - t`` (what torchsde needs).
-
-    With ``t = T - s``:  ``dx = -[f(x, t) - g(t)^2 score(x, t)] ds + g(t) dw_s``.
-    The torchsde state is ``(batch, d)``; with ``event_shape`` given (an image's ``(C, H, W)``,
-    say) the state is unflattened before the score is called and flattened again after.
-    """
-
-    sde_type = "ito"
-    noise_type = "diagonal"
-
-    def __init__(
-        self, sde: DiffusionSDE, score_fn: ScoreFn, event_shape: Sequence[int] | None = None
-    ) -> None:
-        self.sde = sde
-        self.score_fn = score_fn
-        self.event_shape = None if event_shape is None else tuple(int(n) for n in event_shape)
-        self.nfe = 0
-
-    def _unflatten(self, y: Tensor) -> Tensor:
-        return y if self.event_shape is None else y.reshape(y.shape[0], *self.event_shape)
-
-    def f(self, s: Tensor, y: Tensor) -> Tensor:
-        t = _clamp_time(self.sde.T - s, self.sde.T)
-        x = self._unflatten(y)
-        self.nfe += 1
-        score = self.score_fn(x, _per_sample_time(t, x.shape[0], x))
-        g2 = self.sde.diffusion(t).to(x.dtype) ** 2
-        return (g2 * score - self.sde.drift(x, t)).reshape(y.shape)
-
-    def g(self, s: Tensor, y: Tensor) -> Tensor:
-        return self.sde.diffusion(_clamp_time(self.sde.T - s, self.sde.T)).to(y.dtype).expand_as(y)
-
-
 class ProbabilityFlowODE(nn.Module):
     """``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` as a torchdiffeq vector field ``(t, x)``.
 
@@ -384,8 +353,9 @@ class ProbabilityFlowODE(nn.Module):
         t = _clamp_time(t, self.sde.T)
         self.nfe += 1
         score = self.score_fn(x, _per_sample_time(t, x.shape[0], x))
+        f = broadcast_to(self.sde.drift_coef(t), x)
         g2 = self.sde.diffusion(t).to(x.dtype) ** 2
-        return self.sde.drift(x, t) - 0.5 * g2 * score, score
+        return pf_velocity(x, score, f, g2), score
 
 
 SDES: dict[str, type[DiffusionSDE]] = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}

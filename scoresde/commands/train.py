@@ -21,7 +21,7 @@ import torch
 
 from ._args import int_list, nonneg_float, nonneg_int, positive_float, positive_int
 
-SDE_CHOICES = ("vp", "subvp", "ve")
+SDE_CHOICES = {"vp": "VPSDE", "subvp": "SubVPSDE", "ve": "VESDE"}  # CLI name -> sde.SDES key
 NET_CHOICES = ("auto", "mlp", "unet")
 
 
@@ -124,16 +124,19 @@ def _default_unet(shape: tuple[int, ...]) -> dict[str, Any]:
 
 def build_from_args(args: argparse.Namespace, info: Any) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, loss, train settings)`` for the parsed arguments and the data's ``info``."""
-    from .. import VESDE, VPSDE, CosineVP, LinearVP, SubVPSDE, VEGeometric
+    from .. import CosineVP, LinearVP, VEGeometric
     from ..losses import DDPMLoss, DSMLoss
     from ..nets import MLP, ScoreModel, UNet
+    from ..sde import SDES
 
     shape = tuple(info.shape)
-    if args.sde == "ve":
-        sde = VESDE(VEGeometric(args.sigma_min, args.sigma_max))
-    else:
-        schedule = CosineVP() if args.schedule == "cosine" else LinearVP()
-        sde = (VPSDE if args.sde == "vp" else SubVPSDE)(schedule)
+    schedules = {
+        "linear": LinearVP,
+        "cosine": CosineVP,
+        "geometric": lambda: VEGeometric(args.sigma_min, args.sigma_max),
+    }
+    schedule = schedules["geometric" if args.sde == "ve" else args.schedule]()
+    sde = SDES[SDE_CHOICES[args.sde]](schedule)
 
     kind = args.net
     if kind == "auto":
