@@ -55,10 +55,15 @@ class DiffusionSDE(abc.ABC):
     sde_type = "ito"
     noise_type = "diagonal"
     default_t_end: float = 1e-3
+    vp_schedule: bool = True
+    """Whether the process runs on a variance-preserving schedule (else a variance-exploding one)."""
 
     def __init__(self, schedule: S.Schedule) -> None:
         if not isinstance(schedule, S.Schedule):
             raise ValueError(f"schedule={schedule!r} must be a schedules.Schedule")
+        if schedule.variance_preserving != self.vp_schedule:
+            kind = "variance-preserving" if self.vp_schedule else "variance-exploding"
+            raise ValueError(f"{type(self).__name__} needs a {kind} schedule, got {schedule!r}")
         self.schedule = schedule
 
     # -- primitives ---------------------------------------------------------------------------
@@ -224,12 +229,7 @@ class _VPDrift(DiffusionSDE):
     default_t_end = 1e-3
 
     def __init__(self, schedule: S.Schedule | None = None) -> None:
-        schedule = S.LinearVP() if schedule is None else schedule
-        super().__init__(schedule)
-        if not schedule.variance_preserving:
-            raise ValueError(
-                f"{type(self).__name__} needs a variance-preserving schedule, got {schedule!r}"
-            )
+        super().__init__(S.LinearVP() if schedule is None else schedule)
 
     def _log_alpha(self, t: Tensor) -> Tensor:
         return self.schedule._log_alpha(t)
@@ -302,12 +302,10 @@ class VESDE(DiffusionSDE):
     """Variance exploding: ``dx = sqrt(d sigma^2/dt) dw``; ``alpha = 1``; prior ``N(0, sigma(T)^2 I)``."""
 
     default_t_end = 1e-5
+    vp_schedule = False
 
     def __init__(self, schedule: S.Schedule | None = None) -> None:
-        schedule = S.VEGeometric() if schedule is None else schedule
-        super().__init__(schedule)
-        if schedule.variance_preserving:
-            raise ValueError(f"VESDE needs a variance-exploding schedule, got {schedule!r}")
+        super().__init__(S.VEGeometric() if schedule is None else schedule)
 
     def _log_alpha(self, t: Tensor) -> Tensor:
         return self.schedule._log_alpha(t)

@@ -21,7 +21,15 @@ import torch
 
 from ._args import int_list, nonneg_float, nonneg_int, positive_float, positive_int
 
-SDE_CHOICES = {"vp": "VPSDE", "subvp": "SubVPSDE", "ve": "VESDE"}  # CLI name -> sde.SDES key
+
+def sde_choices() -> dict[str, str]:
+    """``--sde`` values: each ``sde.SDES`` key in lower case without "SDE" (``vp``, ``subvp``,
+    ``ve``), so a new SDE in the table is a new choice."""
+    from ..sde import SDES
+
+    return {name.removesuffix("SDE").lower(): name for name in SDES}
+
+
 NET_CHOICES = ("auto", "mlp", "unet")
 
 
@@ -39,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, data and noise")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
     g = p.add_argument_group("SDE")
-    g.add_argument("--sde", choices=SDE_CHOICES, default="vp", help="diffusion (default vp)")
+    g.add_argument("--sde", choices=sde_choices(), default="vp", help="diffusion (default vp)")
     g.add_argument(
         "--schedule", choices=("linear", "cosine"), default="linear", help="VP/sub-VP schedule"
     )
@@ -130,13 +138,12 @@ def build_from_args(args: argparse.Namespace, info: Any) -> tuple[Any, Any, dict
     from ..sde import SDES
 
     shape = tuple(info.shape)
-    schedules = {
-        "linear": LinearVP,
-        "cosine": CosineVP,
-        "geometric": lambda: VEGeometric(args.sigma_min, args.sigma_max),
-    }
-    schedule = schedules["geometric" if args.sde == "ve" else args.schedule]()
-    sde = SDES[SDE_CHOICES[args.sde]](schedule)
+    sde_class = SDES[sde_choices()[args.sde]]
+    if sde_class.vp_schedule:
+        schedule = CosineVP() if args.schedule == "cosine" else LinearVP()
+    else:
+        schedule = VEGeometric(args.sigma_min, args.sigma_max)
+    sde = sde_class(schedule)
 
     kind = args.net
     if kind == "auto":
