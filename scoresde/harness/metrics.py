@@ -86,39 +86,84 @@ def sliced_w2(x: Tensor, y: Tensor, n_projections: int = 64, seed: int = 0) -> f
     return float(ot.sliced_wasserstein_distance(a, b, n_projections=n_projections, seed=seed))
 
 
-def mode_errors(samples: Tensor, target: GaussianMixture) -> dict[str, float]:
-    """Mode statistics of ``samples`` against a mixture, by soft assignment.
+def _mode_moments(samples: Tensor, target: GaussianMixture) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Responsibility-weighted ``(w_hat, m_hat, C_hat)`` of the finite rows of ``samples``.
 
-    With responsibilities ``r_ik = p(k | x_i)`` under the target:
-    ``w_hat_k = mean_i r_ik``, ``m_hat_k = sum_i r_ik x_i / sum_i r_ik`` and
-    ``C_hat_k = sum_i r_ik (x_i - m_hat_k)(x_i - m_hat_k)^T / sum_i r_ik``. Returns
+    With ``r_ik = p(k | x_i)`` under the target: ``w_hat_k = mean_i r_ik``,
+    ``m_hat_k = sum_i r_ik x_i / sum_i r_ik``,
+    ``C_hat_k = sum_i r_ik (x_i - m_hat_k)(x_i - m_hat_k)^T / sum_i r_ik``. For exact samples of
+    the mixture these converge to ``(w_k, m_k, C_k)`` (``E_p[r_k(x) f(x)] = w_k E_{N_k}[f]``),
+    however much the components overlap, which hard assignments would not. ``None`` when no
+    row is finite; a mode no sample reached has ``w_hat_k = 0`` and NaN moments.
+    """
+    x = samples.detach().reshape(samples.shape[0], -1).to("cpu", torch.float64)
+    x = x[torch.isfinite(x).all(1)]
+    if x.shape[0] == 0:
+        return None
+    r = target.responsibilities(x)  # (B, K)
+    mass = r.sum(0)  # (K,)
+    empty = mass < 1e-9  # a mode no sample reached: its moments are undefined
+    safe = mass.clamp_min(1e-300)
+    m_hat = (r.T @ x) / safe[:, None]
+    centred = x[None, :, :] - m_hat[:, None, :]  # (K, B, d)
+    c_hat = torch.einsum("bk,kbi,kbj->kij", r, centred, centred) / safe[:, None, None]
+    m_hat[empty] = math.nan
+    c_hat[empty] = math.nan
+    return mass / x.shape[0], m_hat, c_hat
+
+
+def per_mode_w2(samples: Tensor, target: GaussianMixture) -> float:
+    """Per-mode 2-Wasserstein error of ``samples`` against a Gaussian mixture.
+
+    ``sum_k w_k W2(N(m_hat_k, C_hat_k), N(m_k, C_k))`` with the responsibility-weighted moments
+    of :func:`_mode_moments` and the Bures W2 of :func:`gaussian_w2`, averaged with the true
+    weights ``w_k``. It measures each mode's location and shape; the mode weights are measured
+    apart (``mode_weight_err``). Its noise floor for ``n`` exact samples falls like ``n^(-1/2)``,
+    unlike the sliced W2 of a multimodal target (``n^(-1/4)``). ``inf`` if a mode is empty or no
+    sample is finite.
+    """
+    moments = _mode_moments(samples, target)
+    return math.inf if moments is None else _weighted_mode_w2(moments[1], moments[2], target)
+
+
+def _weighted_mode_w2(m_hat: Tensor, c_hat: Tensor, target: GaussianMixture) -> float:
+    if not bool(torch.isfinite(m_hat).all()):
+        return math.inf
+    w = target.weights.tolist()
+    return sum(
+        w[k] * gaussian_w2(m_hat[k], c_hat[k], target.means[k], target.covs[k])
+        for k in range(target.num_components)
+    )
+
+
+def mode_errors(samples: Tensor, target: GaussianMixture) -> dict[str, float]:
+    """Mode statistics of ``samples`` against a mixture, by soft assignment (:func:`_mode_moments`).
+
+    Returns
 
     * ``mode_weight_err = 1/2 sum_k |w_hat_k - w_k|`` (total variation between weight vectors),
     * ``mode_mean_err = max_k |m_hat_k - m_k|``,
-    * ``mode_cov_err = max_k ||C_hat_k - C_k||_F / ||C_k||_F``.
+    * ``mode_cov_err = max_k ||C_hat_k - C_k||_F / ||C_k||_F``,
+    * ``per_mode_w2`` (:func:`per_mode_w2`).
+
+    A mode no sample reached makes the mean, covariance and per-mode W2 errors ``inf``.
     """
-    x = samples.detach().reshape(samples.shape[0], -1).to("cpu", torch.float64)
-    finite = torch.isfinite(x).all(1)
-    x = x[finite]
-    if x.shape[0] == 0:
-        return {"mode_weight_err": 1.0, "mode_mean_err": math.inf, "mode_cov_err": math.inf}
-    r = target.responsibilities(x)  # (B, K)
-    mass = r.sum(0)  # (K,)
-    w_hat = mass / x.shape[0]
-    weight_err = 0.5 * float((w_hat - target.weights).abs().sum())
-    safe = mass.clamp_min(1e-300)
-    m_hat = (r.T @ x) / safe[:, None]
-    mean_err = (m_hat - target.means).norm(dim=1)
-    centred = x[None, :, :] - m_hat[:, None, :]  # (K, B, d)
-    c_hat = torch.einsum("bk,kbi,kbj->kij", r, centred, centred) / safe[:, None, None]
+    moments = _mode_moments(samples, target)
+    if moments is None:
+        return {
+            "mode_weight_err": 1.0,
+            "mode_mean_err": math.inf,
+            "mode_cov_err": math.inf,
+            "per_mode_w2": math.inf,
+        }
+    w_hat, m_hat, c_hat = moments
+    mean_err = (m_hat - target.means).norm(dim=1).nan_to_num(nan=math.inf)
     cov_err = (c_hat - target.covs).flatten(1).norm(dim=1) / target.covs.flatten(1).norm(dim=1)
-    empty = mass < 1e-9  # a mode no sample reached: its moments are undefined, the error maximal
-    mean_err = torch.where(empty, torch.full_like(mean_err, math.inf), mean_err)
-    cov_err = torch.where(empty, torch.full_like(cov_err, math.inf), cov_err)
     return {
-        "mode_weight_err": weight_err,
+        "mode_weight_err": 0.5 * float((w_hat - target.weights).abs().sum()),
         "mode_mean_err": float(mean_err.max()),
-        "mode_cov_err": float(cov_err.max()),
+        "mode_cov_err": float(cov_err.nan_to_num(nan=math.inf).max()),
+        "per_mode_w2": _weighted_mode_w2(m_hat, c_hat, target),
     }
 
 

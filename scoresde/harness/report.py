@@ -40,6 +40,7 @@ class Record:
     mode_weight_err: float | None = None
     mode_mean_err: float | None = None
     mode_cov_err: float | None = None
+    per_mode_w2: float | None = None
     wall_time: float = 0.0
 
 
@@ -152,18 +153,22 @@ class StudyResult:
                 fitted = "  -" if math.isnan(o["fitted"]) else f"{o['fitted']:5.2f}"
                 lines.append(f"  {solver.ljust(width)}{cells}   {fitted} ({o['declared']:g})")
             if s.components > 1 and metric == "error":
-                floor = s.mode_floors.get("mode_weight_err", math.nan)
-                lines.append(
-                    "  mode-weight error (total variation between weight vectors); "
-                    f"floor {floor:.2e}"
-                )
-                for solver in dict.fromkeys(r.solver for r in rows):
-                    by_budget = {r.nfe_budget: r for r in self.rows(name, solver)}
-                    cells = "".join(
-                        _fmt(by_budget[b].mode_weight_err if b in by_budget else None, 10)
-                        for b in budgets
-                    )
-                    lines.append(f"  {solver.ljust(width)}{cells}")
+                for field_name, title in (
+                    ("per_mode_w2", "per-mode W2 (sum_k w_k W2 of each mode's moments)"),
+                    (
+                        "mode_weight_err",
+                        "mode-weight error (total variation between weight vectors)",
+                    ),
+                ):
+                    floor = s.mode_floors.get(field_name, math.nan)
+                    lines.append(f"  {title}; floor {floor:.2e}")
+                    for solver in dict.fromkeys(r.solver for r in rows):
+                        by_budget = {r.nfe_budget: r for r in self.rows(name, solver)}
+                        cells = "".join(
+                            _fmt(getattr(by_budget[b], field_name) if b in by_budget else None, 10)
+                            for b in budgets
+                        )
+                        lines.append(f"  {solver.ljust(width)}{cells}")
             lines.append("")
         actual = {(r.nfe_budget, r.nfe) for r in self.records if r.nfe != r.nfe_budget}
         if actual:

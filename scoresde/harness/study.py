@@ -386,7 +386,7 @@ class _TargetContext:
         nf = self.noise_floors()
         floors["sampling-noise floor"] = nf["sliced_w2"]
         method = f"{self.n} samples vs {self.n_ref} reference points, {self.n_proj} projections"
-        modes = {k: v for k, v in nf.items() if k.startswith("mode_")}
+        modes = {k: v for k, v in nf.items() if k.startswith("mode_") or k == "per_mode_w2"}
         return TargetSummary(
             self.name, t.dim, t.num_components, desc, "sliced W2", method, floors, modes
         )
@@ -475,7 +475,12 @@ class _TargetContext:
             if self.gaussian:
                 nan_rec.update(disc_error=math.inf)
             else:
-                nan_rec.update(mode_weight_err=1.0, mode_mean_err=math.inf, mode_cov_err=math.inf)
+                nan_rec.update(
+                    mode_weight_err=1.0,
+                    mode_mean_err=math.inf,
+                    mode_cov_err=math.inf,
+                    per_mode_w2=math.inf,
+                )
             rec = self._record(
                 spec,
                 label,
