@@ -26,6 +26,7 @@ from .sde import (
 )
 from .targets import Gaussian, GaussianMixture
 from .training import TrainConfig, Trainer, load_pretrained
+from .tuning import TuneResult, load_grid, save_grid, tune_grid
 from .vae import GaussianVAE
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "ScoreModel",
     "StudyResult",
     "TrainConfig",
+    "TuneResult",
     "Trainer",
     "UNet",
     "load_pretrained",
@@ -63,11 +65,14 @@ __all__ = [
     "from_eps",
     "get",
     "inpaint",
+    "load_grid",
     "log_likelihood",
     "register",
     "sample",
+    "save_grid",
     "sde_from_config",
     "time_grid",
     "to_eps",
+    "tune_grid",
     "variational_bound",
 ]
