@@ -196,29 +196,29 @@ class Method:
 
 
 # -- ours ----------------------------------------------------------------------------------------
+def _sample_ours(
+    problem: Problem, x_T: Tensor, name: str, noise: NoiseFn | None, **kwargs: Any
+) -> Tensor:
+    """``solvers.sample`` from ``x_T`` with the run's noise and its generator (a seeded one when
+    the library draws its own noise)."""
+    gen = (
+        getattr(noise, "generator", None) if noise is not None else torch.Generator().manual_seed(0)
+    )
+    x, _ = solvers.sample(
+        problem.sde, problem.score_fn, x_T=x_T, solver=name, noise_fn=noise, generator=gen, **kwargs
+    )
+    return x
+
+
 def ours(name: str, grid: str | None = None) -> Method:
     """``scoresde.sample(solver=name)`` with our final Tweedie step (counted as one NFE)."""
     spec = solvers.get(name)
     grid_name = grid or spec.default_grid
 
     def run(problem: Problem, x_T: Tensor, size: int, noise: NoiseFn | None) -> Tensor:
-        gen = (
-            getattr(noise, "generator", None)
-            if noise is not None
-            else torch.Generator().manual_seed(0)
+        return _sample_ours(
+            problem, x_T, name, noise, steps=size, grid=grid_name, t_end=problem.t_end
         )
-        x, _ = solvers.sample(
-            problem.sde,
-            problem.score_fn,
-            x_T=x_T,
-            solver=name,
-            steps=size,
-            grid=grid_name,
-            t_end=problem.t_end,
-            noise_fn=noise,
-            generator=gen,
-        )
-        return x
 
     return Method("scoresde", name, grid_name, spec.kind == "sde", run, "steps", affine=spec.affine)
 
@@ -251,18 +251,7 @@ def ours_tuned(name: str, probe: int = 2048, seed: int = 1234, **options: Any) -
 
     def run(problem: Problem, x_T: Tensor, size: int, noise: NoiseFn | None) -> Tensor:
         grid = grid_for(problem, size * spec.evals_per_step + 1, x_T)
-        gen = getattr(noise, "generator", None) if noise is not None else None
-        x, _ = solvers.sample(
-            problem.sde,
-            problem.score_fn,
-            x_T=x_T,
-            solver=name,
-            grid=grid,
-            noise_fn=noise,
-            generator=gen or torch.Generator().manual_seed(0),
-            **options,
-        )
-        return x
+        return _sample_ours(problem, x_T, name, noise, grid=grid, **options)
 
     method = Method("scoresde", name, "tuned", spec.kind == "sde", run, "steps", spec.affine)
     for size in range(1, 401):  # known without tuning on the NFE-counting problem
