@@ -43,8 +43,8 @@ from torch import Tensor
 
 import solvers
 from scoresde import VPSDE
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[Tensor], Tensor]
 
 BENCH_INSTALL = (

@@ -60,6 +60,7 @@ import solvers  # noqa: E402
 from schedules import time_grid  # noqa: E402
 from scoresde import VPSDE, GaussianMixture, harness  # noqa: E402
 from scoresde.accuracy import exact_solution_moments, gaussian_w2  # noqa: E402
+from solvers.protocol import pf_velocity  # noqa: E402
 
 
 def _load_sibling(name: str):
@@ -665,14 +666,15 @@ def overhead_table(rows: Sequence[OverheadRow]) -> str:
 # likelihood cost
 # ------------------------------------------------------------------------------------------------
 def _pf_field(sde: VPSDE, score_fn: pa.ScoreFn, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-    """``v = f - g^2 score / 2`` and its exact divergence at one time (one NFE)."""
+    """``v = f x - g^2 score / 2`` (``solvers.protocol.pf_velocity``) and its exact divergence at
+    one time (one NFE)."""
     from scoresde.likelihood import exact_divergence
 
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         tvec = torch.full((x.shape[0],), t, dtype=x.dtype)
         g2 = float(sde.diffusion(t)) ** 2
-        v = sde.drift(x, t) - 0.5 * g2 * score_fn(x, tvec)
+        v = pf_velocity(x, score_fn(x, tvec), float(sde.drift_coef(t)), g2)
         div = exact_divergence(v, x)
     return v.detach(), div.detach()
 
