@@ -84,7 +84,7 @@ def test_train_on_an_image_folder_from_the_cli(tmp_path, capsys):
         _png(tmp_path / "imgs" / f"c{k % 2}" / f"{k}.png", 60 * k, (8, 8))
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path / "imgs"), "--cond", "--steps", "2", "--out", str(out)]
-    tiny = ["--channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--attn", "4"]
+    tiny = ["--net", "mlp", "--hidden", "16", "--depth", "1"]  # the data path is under test
     assert main([*args, *tiny, "--batch", "4", "--no-progress"]) == 0
     cfg = load_checkpoint(out / "checkpoint.pt")["config"]
     assert cfg["data"]["shape"] == [1, 8, 8] and cfg["data"]["num_classes"] == 2
