@@ -12,7 +12,7 @@ type (a different rank count, or a resume, changes nothing).
 Layout of ``DIR``: ``run.json`` (the settings; a resume must repeat them), ``chunks/NNNNNN.npy``
 (each written to a temporary name and renamed, so a file present is complete: a killed run loses
 at most the chunks in progress, one per rank), and at the end ``samples.npy``, merged through a
-memory map one chunk at a time, after which the chunk files are removed.
+a sequential write one chunk at a time, after which the chunk files are removed.
 """
 
 from __future__ import annotations
@@ -142,23 +142,26 @@ def draw_chunks(
 
 
 def merge_chunks(out: str, sizes: list[int], settings: dict[str, Any]) -> str:
-    """Concatenate the chunk files into ``out/samples.npy`` through a memory map, mark the run
+    """Concatenate the chunk files into ``out/samples.npy`` one chunk at a time, mark the run
     complete, then remove the chunk files (in that order: a kill at any point is resumable)."""
     missing = [i for i in range(len(sizes)) if not os.path.exists(chunk_path(out, i))]
     if missing:
         raise RuntimeError(f"cannot merge: chunks {missing[:5]} of {len(sizes)} are missing")
     first = np.load(chunk_path(out, 0), mmap_mode="r")
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+        "fortran_order": False,
+        "shape": (sum(sizes), *first.shape[1:]),
+    }
+    del first
     path = os.path.join(out, SAMPLES)
     tmp = path + ".tmp"
-    merged = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.float32, shape=(sum(sizes), *first.shape[1:])
-    )
-    start = 0
-    for i, size in enumerate(sizes):
-        merged[start : start + size] = np.load(chunk_path(out, i), mmap_mode="r")
-        start += size
-    merged.flush()
-    del merged, first
+    # plain sequential writes, one chunk in memory at a time (a memory map of the output would
+    # count its dirty pages into the process's resident set)
+    with open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for i in range(len(sizes)):
+            np.ascontiguousarray(np.load(chunk_path(out, i)), dtype=np.float32).tofile(fh)
     os.replace(tmp, path)
     write_manifest(out, settings, complete=True)
     shutil.rmtree(os.path.join(out, CHUNKS))
