@@ -8,8 +8,9 @@ Training: :func:`benchmarks/trainer.py <trainer.bench>` on the U-Net (``minimal`
 ``ema+clip`` settings, fp32 and bf16 autocast), alternating timed blocks of the bare DSM loop and
 :class:`scoresde.training.Trainer`; img/s is the trainer's median steps/s times the batch, the
 ratio is trainer / bare (goal >= 0.95 on a GPU). Sampling: every registered fixed-step solver on a
-randomly initialised U-Net (timing only) with ``steps = (20 - 1) // evals_per_step`` so that
-the NFE, final denoising step included, is at most 20; img/s = batch / median wall time
+randomly initialised U-Net (timing only) with ``steps = (20 - 1) // evals_per_step``, fewer if the
+warm-up run shows start-up evaluations, so that the NFE, final denoising step included, is at
+most 20; img/s = batch / median wall time
 (device-synchronised) of ``--repeats`` runs after one warm-up run. Adaptive solvers are listed
 as skipped (their NFE is not set by the caller).
 """
@@ -88,6 +89,8 @@ def sampling_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 )
             if rep:  # the first run warms up kernels and caches
                 walls.append(stats.wall_time)
+            elif stats.nfe > args.nfe:  # a solver with start-up evaluations: fewer steps
+                steps -= -(-(stats.nfe - args.nfe) // spec.evals_per_step)
             nfe = stats.nfe
         rows.append({"solver": name, "nfe": nfe, "img_s": batch / statistics.median(walls)})
     return rows

@@ -62,3 +62,26 @@ def test_export_raw_weights_and_bad_inputs(ckpt, tmp_path, capsys):
         load_pretrained(raw, "cpu", ema=False)
     assert main(["export", "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_check_ckpt_against_the_models_own_reference(ckpt, tmp_path, capsys):
+    """ODE errors shrink with NFE against the dopri5 reference; the export checks the same."""
+    from scoresde.model_check import check_model
+
+    sde, _, score_fn, _ = load_pretrained(ckpt, "cpu")
+    result = check_model(
+        sde, score_fn, (2,), ["ddim", "ode_heun", "euler_maruyama"], (5, 9, 17), n=64
+    )
+    ddim = [r["pathwise"] for r in result["records"] if r["solver"] == "ddim"]
+    assert ddim[0] > ddim[1] > ddim[2] > 0
+    heun = [r["pathwise"] for r in result["records"] if r["solver"] == "ode_heun"]
+    assert heun[0] > heun[1] > heun[2] and heun[2] < ddim[2]
+    assert 0.5 < result["orders"]["ddim"][0] < 1.6  # first order (few steps: pre-asymptotic)
+    em = [r for r in result["records"] if r["solver"] == "euler_maruyama"]
+    assert all(np.isnan(r["pathwise"]) and r["sliced_w2"] > 0 for r in em)
+    out = tmp_path / "export"
+    assert main(["export", "--ckpt", ckpt, "--out", str(out)]) == 0
+    args = ["check", "--ckpt", str(out), "--solvers", "ddim", "--nfe", "5", "9", "--samples", "32"]
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0
+    assert "| ddim | ode | 9 |" in capsys.readouterr().out
+    assert (tmp_path / "c" / "model_check.json").exists()
