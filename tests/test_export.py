@@ -12,14 +12,6 @@ from scoresde.cli import main
 from scoresde.training import CheckpointError, load_checkpoint, load_pretrained
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    run = tmp_path_factory.mktemp("run")
-    args = ["train", "--data", "moons", "--steps", "3", "--out", str(run), "--hidden", "16"]
-    assert main([*args, "--depth", "1", "--batch", "32", "--no-progress", "--warmup", "1"]) == 0
-    return str(run / "checkpoint.pt")
-
-
 def test_export_rebuilds_the_ema_model_and_samples_the_same(ckpt, tmp_path):
     out = tmp_path / "export"
     assert main(["export", "--ckpt", ckpt, "--out", str(out)]) == 0

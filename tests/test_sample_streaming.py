@@ -20,14 +20,6 @@ from scoresde.training import load_pretrained
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    run = tmp_path_factory.mktemp("run")
-    args = ["train", "--data", "moons", "--steps", "3", "--out", str(run), "--hidden", "16"]
-    assert main([*args, "--depth", "1", "--batch", "32", "--no-progress", "--warmup", "1"]) == 0
-    return str(run / "checkpoint.pt")
-
-
 def _args(ckpt: str, out, n: int = 7, batch: int = 3, *extra: str) -> list[str]:
     return [
         "sample", "--ckpt", ckpt, "--n", str(n), "--batch", str(batch), "--solver", "euler_maruyama",
