@@ -185,3 +185,13 @@ def test_k_diffusion_samplers_match(ours, theirs, options):
     # same grid as k-diffusion's own sigma schedule
     their_sigmas = K.get_sigmas_karras(12, 0.002, 80.0).double()[:-1]
     torch.testing.assert_close(times, their_sigmas, rtol=1e-6, atol=0)
+
+
+def test_check_model_runs_on_an_adapted_diffusers_model():
+    """The own-reference check takes an adapted model like any other process + score."""
+    from scoresde.model_check import check_model
+
+    m = from_diffusers(_unet().float(), diffusers.DDIMScheduler(num_train_timesteps=1000))
+    result = check_model(m.sde, m.score_fn, (1, 8, 8), ["ddim"], (3, 6), n=4, reference_tol=1e-4)
+    errors = [r["pathwise"] for r in result["records"]]
+    assert errors[0] > errors[1] > 0
