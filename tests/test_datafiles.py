@@ -90,4 +90,4 @@ def test_train_on_an_image_folder_from_the_cli(tmp_path, capsys):
     assert cfg["data"]["shape"] == [1, 8, 8] and cfg["data"]["num_classes"] == 2
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "neither a built-in dataset" in err and "moons" in err
+    assert "unknown dataset" in err and "moons" in err and "no such path" in err

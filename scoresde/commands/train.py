@@ -230,8 +230,8 @@ def load_data(spec: str, image_size: int | None = None) -> Any:
         return get_dataset(spec)
     if not os.path.exists(spec):
         raise ValueError(
-            f"--data {spec!r} is neither a built-in dataset ({', '.join(DATASETS)}) nor an "
-            "existing path (a folder of images, a .npy or .npz file)"
+            f"unknown dataset {spec!r}; available: {', '.join(DATASETS)}; or a path to a folder "
+            "of images or a .npy/.npz file (no such path exists)"
         )
     return load_path(spec, image_size)
 
