@@ -14,6 +14,7 @@ COMMANDS: list[str] = [
     "sample",
     "likelihood",
     "check",
+    "export",
 ]
 
 

@@ -10,7 +10,8 @@ Built-in sets (``get_dataset(name)``; :data:`DATASETS` lists them):
 * ``digits``: scikit-learn's 1,797 8x8 handwritten digits (shipped inside scikit-learn, the
   optional ``data`` extra), scaled from ``0..16`` to ``[-1, 1]``, shape ``(1, 8, 8)``, 10 classes.
 
-Your own data: :func:`as_data` accepts a tensor ``(N, ...)``, a ``TensorDataset`` (``(x,)`` or
+Your own data: :func:`as_data` accepts a path (an image folder, ``.npy`` or ``.npz``:
+:mod:`scoresde.datafiles`), a tensor ``(N, ...)``, a ``TensorDataset`` (``(x,)`` or
 ``(x, y)``), any map-style ``torch.utils.data.Dataset`` returning ``x`` or ``(x, y)``, or a
 ``DataLoader`` (its dataset, ``collate_fn``, ``num_workers`` and ``pin_memory`` are kept; the
 trainer draws batches with its own sampler so that the data order is reproducible).
@@ -465,6 +466,12 @@ def as_data(obj: Any, name: str | None = None) -> Data:
     if isinstance(obj, Data):
         return obj
     if isinstance(obj, str):
+        import os
+
+        if obj not in DATASETS and os.path.exists(obj):
+            from .datafiles import load_path
+
+            return load_path(obj)
         return get_dataset(obj)
     if isinstance(obj, GaussianMixture):
         return from_target(obj, name or "target")

@@ -1,6 +1,8 @@
-"""``scoresde train``: train a score model on a built-in dataset.
+"""``scoresde train``: train a score model on a built-in dataset or your own data.
 
     scoresde train --data moons --steps 5000 --seed 0 --out runs/moons
+    scoresde train --data my_images/ --image-size 32 --cond --out runs/mine   # a sub-folder per class
+    scoresde train --data points.npy --out runs/points                       # or .npz with x (, y)
     scoresde train --data digits --cond --steps 20000 --out runs/digits --bf16
     torchrun --nproc-per-node 8 -m scoresde.cli train --data digits --out runs/ddp   # DDP
 
@@ -38,11 +40,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "train",
-        help="train a score model (DSM) on a built-in dataset",
+        help="train a score model (DSM) on a built-in dataset or your own data",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, help=f"dataset: {', '.join(DATASETS)}")
+    p.add_argument(
+        "--data",
+        required=True,
+        help=f"a built-in dataset ({', '.join(DATASETS)}) or a path: a folder of images "
+        "(one sub-folder per class for labels) or a .npy/.npz array",
+    )
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="resize folder images to N x N"
+    )
     p.add_argument("--steps", type=positive_int, default=10_000, help="optimisation steps")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, data and noise")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
@@ -217,12 +227,30 @@ def build_from_args(args: argparse.Namespace, info: Any) -> tuple[Any, Any, dict
     return model, loss, train
 
 
+def load_data(spec: str, image_size: int | None = None) -> Any:
+    """A built-in dataset by name, or your own data from a path (:mod:`scoresde.datafiles`)."""
+    import os
+
+    from ..data import DATASETS, get_dataset
+    from ..datafiles import load_path
+
+    if spec in DATASETS and not os.path.exists(spec):
+        if image_size is not None:
+            raise ValueError("--image-size applies to image folders only")
+        return get_dataset(spec)
+    if not os.path.exists(spec):
+        raise ValueError(
+            f"unknown dataset {spec!r}; available: {', '.join(DATASETS)}; or a path to a folder "
+            "of images or a .npy/.npz file (no such path exists)"
+        )
+    return load_path(spec, image_size)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..data import get_dataset
     from ..training import CheckpointError, Trainer
 
     try:
-        data = get_dataset(args.data)
+        data = load_data(args.data, args.image_size)
         torch.manual_seed(args.seed)  # network initialisation
         model, loss, train = build_from_args(args, data.info)
         trainer = Trainer(model, data, loss=loss, out_dir=args.out, **train)
