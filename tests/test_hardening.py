@@ -3,6 +3,7 @@ it now gives a clear error or a correct result. README's reliability table lists
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -190,3 +191,56 @@ def test_adaptive_solvers_say_that_steps_only_sets_the_first_step() -> None:
             steps=3,
             generator=torch.Generator().manual_seed(0),
         )
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+def _flip_bytes_inside(path, tensor: torch.Tensor, count: int = 200) -> None:
+    """Flip ``count`` bytes of ``tensor``'s storage where they sit in the file."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = data.find(raw[:64])
+    assert at >= 0, "tensor bytes not found in the file"
+    for i in range(at, at + min(count, len(raw))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_changed_on_disk_is_refused(tmp_path) -> None:
+    """#13.4: 200 bytes flipped inside a tensor loaded without a word."""
+    from scoresde.training import CheckpointError, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    w = torch.linspace(-1, 1, 1000)
+    save_checkpoint({"step": 3, "w": w, "cfg": {"lr": 1e-3}}, path)
+    assert torch.equal(load_checkpoint(path)["w"], w)
+    _flip_bytes_inside(path, w)
+    assert not torch.equal(torch.load(path, weights_only=True)["w"], w)  # torch reads it happily
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path)
+
+
+def test_code_in_a_checkpoint_is_refused_for_safety_without_torch_advice(tmp_path) -> None:
+    """#13.12: an os.system pickle was called "truncated or corrupt", with torch's advice that
+    weights_only=False "will likely succeed"."""
+    from scoresde.training import CheckpointError, load_checkpoint
+    from scoresde.training.checkpoint import FORMAT
+
+    sentinel = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "version": 1, "model": Payload()}, evil)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(evil)
+    msg = str(info.value)
+    assert "refused" in msg and "for safety" in msg and "system" in msg
+    assert "corrupt" not in msg and "weights_only" not in msg and "False" not in msg
+    assert not sentinel.exists()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02" + b"garbage" * 20)
+    with pytest.raises(CheckpointError, match="corrupt") as info:
+        load_checkpoint(garbage)
+    assert "weights_only" not in str(info.value)
