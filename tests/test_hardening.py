@@ -3,6 +3,7 @@ it now gives a clear error or a correct result. README's reliability table lists
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -244,3 +245,124 @@ def test_code_in_a_checkpoint_is_refused_for_safety_without_torch_advice(tmp_pat
     with pytest.raises(CheckpointError, match="corrupt") as info:
         load_checkpoint(garbage)
     assert "weights_only" not in str(info.value)
+
+
+# -- the command line: train, likelihood -----------------------------------------------------
+TINY = ["--data", "moons", "--hidden", "16", "--depth", "1", "--batch", "32", "--no-progress"]
+
+
+def _train(out, *extra: str) -> int:
+    from scoresde.cli import main
+
+    return main(["train", *TINY, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    assert _train(out, "--steps", "4", "--log-every", "2") == 0
+    return out / "checkpoint.pt"
+
+
+def test_a_fresh_run_starts_a_fresh_metrics_log(tmp_path) -> None:
+    """#13.8: a run killed before its first checkpoint, restarted fresh, kept the old lines."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(50, 500, 50))
+    (out / "metrics.jsonl").write_text(stale)
+    assert _train(out, "--steps", "4", "--log-every", "2") == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+
+
+def test_a_diverging_run_names_no_checkpoint_it_never_wrote(tmp_path, capsys) -> None:
+    """#13.9: --lr 1e6 --grad-clip 0 ended in a traceback naming an unwritten checkpoint."""
+    out = tmp_path / "run"
+    code = _train(out, "--steps", "20", "--log-every", "1", "--lr", "1e6", "--grad-clip", "0")
+    err = capsys.readouterr().err
+    assert code == 1 and "loss became" in err and "no checkpoint was written" in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_resume_below_the_checkpoint_step_says_so(tiny_ckpt, tmp_path, capsys) -> None:
+    """#13.9: --resume with --steps below the checkpoint's step printed "trained None steps"."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(tiny_ckpt.read_bytes())
+    capsys.readouterr()
+    assert _train(out, "--steps", "2", "--log-every", "2", "--resume") == 2
+    assert "past steps=2" in capsys.readouterr().err
+    assert _train(out, "--steps", "4", "--log-every", "2", "--resume") == 0
+    text = capsys.readouterr().out
+    assert "already at step 4" in text and "None" not in text and "nan" not in text
+
+
+def test_outputs_are_checked_before_the_work(tmp_path, capsys) -> None:
+    """#13.7: a bad --out or --json threw a finished computation away with a traceback."""
+    from scoresde.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert _train(a_file, "--steps", "4") == 2
+    assert "is an existing file" in capsys.readouterr().err
+    # checked before the checkpoint is even opened: the checkpoint here does not exist
+    code = main(["likelihood", "--ckpt", "missing.pt", "--json", str(a_file / "r.json")])
+    assert code == 2 and "cannot write --json" in capsys.readouterr().err
+    assert main(["likelihood", "--ckpt", "missing.pt", "--json", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_likelihood_cli_states_cost_data_and_steps(tiny_ckpt, tmp_path, capsys) -> None:
+    """#13.1, #13.5, #13.13: fixed-step methods take --steps; the output names the data scored
+    (held out, not training points) and the cost up front; --json may create its folder."""
+    from scoresde.cli import main
+
+    js = tmp_path / "new" / "ll.json"
+    args = ["likelihood", "--ckpt", str(tiny_ckpt), "--n", "4", "--no-progress"]
+    assert main([*args, "--method", "euler", "--steps", "6", "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("cost:") and "divergence=exact" in text and "6 evaluations" in text
+    assert "fresh draws" in text and "euler, 6 steps" in text
+    res = json.loads(js.read_text())
+    assert res["nfe"] == [6] and res["steps"] == 6 and "fresh draws" in res["scored"]
+    assert main([*args, "--method", "dopri5", "--steps", "6"]) == 2
+    assert "--steps 6 is for fixed-step methods" in capsys.readouterr().err
+    assert main([*args, "--split", "train", "--method", "euler", "--steps", "2"]) == 0
+    assert "training data" in capsys.readouterr().out
+
+
+def test_likelihood_cli_reports_nan_and_a_changed_checkpoint(tiny_ckpt, tmp_path, capsys) -> None:
+    """#13.2, #13.4 from the command line: no traceback, exit code 2."""
+    from scoresde.cli import main
+    from scoresde.training import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_ckpt)
+    for state in (ckpt["model"], ckpt["ema"]):
+        w = next(v for k, v in state.items() if k.endswith("weight"))
+        w.fill_(float("nan"))
+    nan_path = tmp_path / "nan.pt"
+    save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version", "checksum")},
+                    nan_path)
+    args = ["--n", "2", "--no-progress", "--method", "euler", "--steps", "2"]
+    assert main(["likelihood", "--ckpt", str(nan_path), *args]) == 2
+    assert "NaN or Inf at t=" in capsys.readouterr().err
+
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(tiny_ckpt.read_bytes())
+    ema = load_checkpoint(flipped)["ema"]
+    _flip_bytes_inside(flipped, max(ema.values(), key=lambda v: v.numel()))
+    assert main(["likelihood", "--ckpt", str(flipped), *args]) == 2
+    assert "checksum" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(flipped), "--out", str(tmp_path / "s"), "--n", "2"]) == 2
+    assert "checksum" in capsys.readouterr().err
+
+
+def test_digits_likelihood_scores_the_held_out_split() -> None:
+    """#13.5: `likelihood` scored training images of digits without saying so."""
+    pytest.importorskip("sklearn")
+    from scoresde.data import get_dataset
+
+    data = get_dataset("digits")
+    x, what = data.heldout(50, seed=0)
+    train_rows = {tuple(r.tolist()) for r in data.x.flatten(1)}
+    assert "held-out" in what and not any(tuple(r.tolist()) in train_rows for r in x.flatten(1))

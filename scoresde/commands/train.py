@@ -2,7 +2,7 @@
 
     scoresde train --data moons --steps 5000 --seed 0 --out runs/moons
     scoresde train --data digits --cond --steps 20000 --out runs/digits --bf16
-    torchrun --nproc-per-node 8 -m scoresde.cli train --data digits --out runs/ddp   # DDP
+    .venv/bin/torchrun --nproc-per-node 8 -m scoresde.cli train --data digits --out runs/ddp
 
 The net defaults to an MLP for vector data and a U-Net for images. Checkpoints
 (``DIR/checkpoint.pt``), the JSONL metrics log and ``config.json`` go under ``--out``. ``--resume``
@@ -19,7 +19,15 @@ from typing import Any
 
 import torch
 
-from ._args import int_list, nonneg_float, nonneg_int, positive_float, positive_int
+from ._args import (
+    HelpFormatter,
+    int_list,
+    nonneg_float,
+    nonneg_int,
+    output_dir,
+    positive_float,
+    positive_int,
+)
 
 SDE_CHOICES = ("vp", "subvp", "ve")
 NET_CHOICES = ("auto", "mlp", "unet")
@@ -32,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "train",
         help="train a score model (DSM) on a built-in dataset",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help=f"dataset: {', '.join(DATASETS)}")
     p.add_argument("--steps", type=positive_int, default=10_000, help="optimisation steps")
@@ -211,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data import get_dataset
     from ..training import CheckpointError, Trainer
 
+    if problem := output_dir(args.out):
+        print(f"scoresde train: error: {problem}", file=sys.stderr)
+        return 2
     try:
         data = get_dataset(args.data)
         torch.manual_seed(args.seed)  # network initialisation
@@ -221,14 +232,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = trainer.fit(resume=args.resume)
-    except (FileExistsError, FileNotFoundError, CheckpointError) as err:
+    except (FileExistsError, FileNotFoundError, CheckpointError, ValueError) as err:
         print(f"scoresde train: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # the loss diverged
+        print(f"scoresde train: error: {err}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     if trainer.dist.is_main:
-        print(
-            f"trained {result.get('step')} steps, loss {result.get('loss', float('nan')):.4g}; "
-            f"checkpoint {result['checkpoint']}"
-        )
+        if "loss" not in result:
+            print(
+                f"the checkpoint is already at step {result['step']} of {args.steps}; nothing to "
+                f"train (give --steps above {result['step']} to continue): {result['checkpoint']}"
+            )
+        else:
+            print(
+                f"trained {result['step']} steps, loss {result['loss']:.4g}; "
+                f"checkpoint {result['checkpoint']}"
+            )
     return 0
