@@ -28,7 +28,7 @@ from .targets import Gaussian, GaussianMixture
 from .training import TrainConfig, Trainer, load_pretrained
 from .vae import GaussianVAE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MLP",

@@ -366,3 +366,48 @@ def test_digits_likelihood_scores_the_held_out_split() -> None:
     x, what = data.heldout(50, seed=0)
     train_rows = {tuple(r.tolist()) for r in data.x.flatten(1)}
     assert "held-out" in what and not any(tuple(r.tolist()) in train_rows for r in x.flatten(1))
+
+
+# -- packaging and help ----------------------------------------------------------------------
+REPO = os.path.join(os.path.dirname(__file__), os.pardir)
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(REPO, name), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_version_license_typing_and_changelog(capsys) -> None:
+    """#13.15-16: `scoresde --version`, LICENSE (MIT), py.typed, a CHANGELOG with the version,
+    one source of truth for the version."""
+    import tomllib
+
+    import scoresde
+    from scoresde.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"scoresde {scoresde.__version__}"
+    project = tomllib.loads(_read("pyproject.toml"))
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "scoresde.__version__"}
+    assert project["project"]["license"] == {"text": "MIT"} and _read("LICENSE").startswith("MIT License")
+    for pkg in ("scoresde", "solvers", "schedules"):
+        assert os.path.isfile(os.path.join(REPO, pkg, "py.typed"))
+        assert project["tool"]["setuptools"]["package-data"][pkg] == ["py.typed"]
+    assert f"## {scoresde.__version__}" in _read("CHANGELOG.md")
+
+
+def test_help_shows_defaults_without_rst_markup(capsys) -> None:
+    """#13.15: subcommand help shows defaults; the top-level help has no reST markup."""
+    from scoresde.cli import main
+
+    for argv in ([], ["train"], ["likelihood"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        text = capsys.readouterr().out
+        assert "``" not in text, argv
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 10000)" in text and "(default: vp)" in text and "(default: 0)" in text

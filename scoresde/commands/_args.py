@@ -61,8 +61,26 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers") from None
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's layout and appends each option's default to its help."""
+def plain(doc: str | None) -> str:
+    """A module docstring as help text: reST literals ````x```` shown as ```x```."""
+    return (doc or "").replace("``", "`")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and appends each option's default to its help (unless
+    the help already states it, or there is none: ``None`` or a flag's ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def output_file(path: str, what: str = "--json") -> str | None:

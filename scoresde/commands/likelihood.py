@@ -4,13 +4,14 @@
     scoresde likelihood --ckpt runs/moons/checkpoint.pt --data moons --divergence hutchinson
 
 Prints the cost up front (divergence mode, backward passes per evaluation, NFE of fixed-step
-methods), then the mean negative log-likelihood in nats per sample and in bits per dimension, with
-its standard error, and the number of ODE function evaluations. The data scored are held out from
-training where the set has a held-out part (digits: the 297 images outside the 1,500 trained on;
-synthetic sets: fresh draws); `--split train` scores training data instead. The output names them. Quantised data (images, or any data
-with a value range whose values lie on an evenly spaced grid, like the 17 levels of the digits)
-are uniformly dequantised first and the bits/dim include the offset ``log2(levels / (hi - lo))``
-(8 for 8-bit data in [0, 1], 7 in [-1, 1]); continuous data are evaluated as they are.
+methods), then the mean negative log-likelihood in nats per sample and in bits per dimension,
+with its standard error, and the number of ODE function evaluations. The data scored are held
+out from training where the set has a held-out part (digits: the 297 images outside the 1,500
+trained on; synthetic sets: fresh draws); `--split train` scores training data instead. The
+output names them. Quantised data (images, or any data with a value range whose values lie on
+an evenly spaced grid, like the 17 levels of the digits) are uniformly dequantised first and the
+bits/dim include the offset ``log2(levels / (hi - lo))`` (8 for 8-bit data in [0, 1], 7 in
+[-1, 1]); continuous data are evaluated as they are.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ._args import HelpFormatter, nonneg_int, output_file, positive_float, positive_int
+from ._args import HelpFormatter, nonneg_int, output_file, plain, positive_float, positive_int
 
 EXACT_MAX_DIM = 16
 """The default divergence is exact up to this many dimensions per sample, Hutchinson above
@@ -35,14 +36,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "likelihood",
         help="exact NLL (nats, bits/dim) of a checkpoint via the probability-flow ODE",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=HelpFormatter,
     )
     p.add_argument("--ckpt", required=True, help="checkpoint file written by `scoresde train`")
     p.add_argument("--data", default=None, help="dataset name (default: the checkpoint's)")
     p.add_argument("--n", type=positive_int, default=500, help="number of data samples")
-    p.add_argument("--rtol", type=positive_float, default=1e-5)
-    p.add_argument("--atol", type=positive_float, default=1e-5)
+    p.add_argument("--rtol", type=positive_float, default=1e-5, help="adaptive solver rtol")
+    p.add_argument("--atol", type=positive_float, default=1e-5, help="adaptive solver atol")
     p.add_argument("--method", default="dopri5", help="torchdiffeq method")
     p.add_argument(
         "--steps",
@@ -64,7 +65,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="score held-out data (falls back to training data, with a note, when the set "
         "has none) or the training data",
     )
-    p.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
+    p.add_argument(
+        "--probe",
+        choices=("rademacher", "gaussian"),
+        default="rademacher",
+        help="Hutchinson probe distribution",
+    )
     p.add_argument("--t-eps", type=positive_float, default=1e-5, help="start time of the ODE")
     p.add_argument(
         "--num-bins",
@@ -74,7 +80,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-dequantize", action="store_true", help="evaluate the data as they are")
     p.add_argument("--batch", type=positive_int, default=500, help="samples per ODE solve")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument(
+        "--seed", type=nonneg_int, default=0, help="seeds the data, dequantisation and probes"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--float64", action="store_true", help="integrate in float64")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")

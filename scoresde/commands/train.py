@@ -25,6 +25,7 @@ from ._args import (
     nonneg_float,
     nonneg_int,
     output_dir,
+    plain,
     positive_float,
     positive_int,
 )
@@ -39,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="train a score model (DSM) on a built-in dataset",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help=f"dataset: {', '.join(DATASETS)}")
@@ -47,7 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, data and noise")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
     g = p.add_argument_group("SDE")
-    g.add_argument("--sde", choices=SDE_CHOICES, default="vp", help="diffusion (default vp)")
+    g.add_argument("--sde", choices=SDE_CHOICES, default="vp", help="diffusion")
     g.add_argument(
         "--schedule", choices=("linear", "cosine"), default="linear", help="VP/sub-VP schedule"
     )
@@ -64,7 +65,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="what the net predicts (default v: bounded at every noise level; an eps-MLP "
         "saturates in the prior's tails and sends a few ODE samples far out)",
     )
-    g.add_argument("--time-input", choices=("log_snr", "t"), default="log_snr")
+    g.add_argument(
+        "--time-input", choices=("log_snr", "t"), default="log_snr", help="the net's time feature"
+    )
     g.add_argument("--hidden", type=positive_int, default=256, help="MLP width")
     g.add_argument("--depth", type=positive_int, default=3, help="MLP residual blocks")
     g.add_argument("--channels", type=positive_int, default=None, help="U-Net base width")
@@ -76,8 +79,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=nonneg_float, default=None, help="dropout rate")
     g.add_argument("--cond", action="store_true", help="class-conditional (labelled data)")
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", choices=("dsm", "ddpm"), default="dsm")
-    g.add_argument("--weighting", choices=("sigma2", "likelihood", "eps"), default="sigma2")
+    g.add_argument("--loss", choices=("dsm", "ddpm"), default="dsm", help="training objective")
+    g.add_argument(
+        "--weighting",
+        choices=("sigma2", "likelihood", "eps"),
+        default="sigma2",
+        help="DSM weighting lambda(t)",
+    )
     g.add_argument("--importance", action="store_true", help="importance-sample t (DSM)")
     g.add_argument("--t-eps", type=positive_float, default=1e-5, help="smallest training time")
     g.add_argument("--ddpm-steps", type=positive_int, default=1000, help="N of the DDPM loss")
@@ -90,7 +98,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch", type=positive_int, default=None, help="global batch (256 / 128)")
     g.add_argument("--lr", type=positive_float, default=None, help="learning rate (1e-3 / 2e-4)")
-    g.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="AdamW weight decay")
     g.add_argument("--warmup", type=nonneg_int, default=None, help="LR warmup steps (100 / 1000)")
     g.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="0 disables")
     g.add_argument(
@@ -108,7 +116,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="continue from DIR/checkpoint.pt if present (or from FILE)",
     )
     g.add_argument("--ckpt-every", type=nonneg_int, default=1000, help="0: only at the end")
-    g.add_argument("--log-every", type=positive_int, default=100)
+    g.add_argument(
+        "--log-every", type=positive_int, default=100, help="steps between metrics.jsonl lines"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
