@@ -1,6 +1,6 @@
 """Inpainting / imputation with a known mask, against exact conditionals.
 
-    python examples/inpainting.py [--n 10000] [--out inpainting.png] [--quick]
+    python examples/inpainting.py [--n 10000] [--out runs/inpainting.png] [--quick]
 
 1. Imputation of the missing coordinates of a correlated 3-D Gaussian given x_1 = 1.5, compared
    with the exact conditional N(mu_u|k, C_u|k): the replacement method of score-SDE (which is

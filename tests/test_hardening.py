@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 
 import pytest
@@ -341,8 +342,9 @@ def test_likelihood_cli_reports_nan_and_a_changed_checkpoint(tiny_ckpt, tmp_path
         w = next(v for k, v in state.items() if k.endswith("weight"))
         w.fill_(float("nan"))
     nan_path = tmp_path / "nan.pt"
-    save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version", "checksum")},
-                    nan_path)
+    save_checkpoint(
+        {k: v for k, v in ckpt.items() if k not in ("format", "version", "checksum")}, nan_path
+    )
     args = ["--n", "2", "--no-progress", "--method", "euler", "--steps", "2"]
     assert main(["likelihood", "--ckpt", str(nan_path), *args]) == 2
     assert "NaN or Inf at t=" in capsys.readouterr().err
@@ -387,11 +389,16 @@ def test_version_license_typing_and_changelog(capsys) -> None:
 
     with pytest.raises(SystemExit) as info:
         main(["--version"])
-    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"scoresde {scoresde.__version__}"
+    assert (
+        info.value.code == 0
+        and capsys.readouterr().out.strip() == f"scoresde {scoresde.__version__}"
+    )
     project = tomllib.loads(_read("pyproject.toml"))
     assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "scoresde.__version__"}
-    assert project["project"]["license"] == {"text": "MIT"} and _read("LICENSE").startswith("MIT License")
+    assert project["project"]["license"] == {"text": "MIT"} and _read("LICENSE").startswith(
+        "MIT License"
+    )
     for pkg in ("scoresde", "solvers", "schedules"):
         assert os.path.isfile(os.path.join(REPO, pkg, "py.typed"))
         assert project["tool"]["setuptools"]["package-data"][pkg] == ["py.typed"]
@@ -411,3 +418,37 @@ def test_help_shows_defaults_without_rst_markup(capsys) -> None:
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "(default: 10000)" in text and "(default: vp)" in text and "(default: 0)" in text
+
+
+def _bash_commands(text: str) -> list[str]:
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S)
+    return [ln for b in blocks for ln in b.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_readme_commands_run_as_written_and_state_their_cost() -> None:
+    """#13.15: a bare `torchrun` line (fails without an activated venv), `guided.png` written to
+    the repository root, no CPU times for the long commands."""
+    text = _read("README.md")
+    for line in _bash_commands(text):
+        first = line.split()[0]
+        assert first.startswith(".venv/bin/") or first == "python3", line
+        for out in re.findall(r"--out (\S+)", line):
+            assert out.startswith("runs/"), line
+    assert "10,000 moons steps take about 5 minutes" in text
+    assert "digits U-Net take hours on a CPU" in text
+
+
+def test_scatter_title_counts_points_outside_the_frame(tmp_path, monkeypatch) -> None:
+    """#13.15: the title read "2 of 4000 of points outside the frame"."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from scoresde.plotting import save_scatter
+
+    titles = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **kw: titles.append(t))
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(4000, 2, generator=g) * 2 - 1
+    pts[:2] = 100.0
+    save_scatter(pts, tmp_path / "s.png", reference=torch.rand(4000, 2, generator=g) * 6 - 3)
+    assert titles == ["2 of 4000 points outside the frame"]
