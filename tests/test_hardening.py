@@ -452,3 +452,12 @@ def test_scatter_title_counts_points_outside_the_frame(tmp_path, monkeypatch) ->
     pts[:2] = 100.0
     save_scatter(pts, tmp_path / "s.png", reference=torch.rand(4000, 2, generator=g) * 6 - 3)
     assert titles == ["2 of 4000 points outside the frame"]
+
+
+def test_the_reliability_table_names_tests_that_exist() -> None:
+    """README's reliability table points at the tests that reproduce each fault."""
+    text = _read("README.md")
+    section = text.split("## Reliability: faults tried and what happens", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    here = set(re.findall(r"^def (test_\w+)", _read("tests/test_hardening.py"), re.M))
+    assert len(named) >= 15 and named <= here, sorted(named - here)
