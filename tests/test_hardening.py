@@ -167,32 +167,17 @@ def test_every_solver_rejects_a_score_that_changes_shape_mid_run(name: str) -> N
 
 def test_adaptive_solvers_say_that_steps_only_sets_the_first_step() -> None:
     """#13.14: ode_adaptive ignored steps silently."""
+
+    def run(solver: str, **steps: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        solvers.sample(VPSDE(), _unit_score, shape=(2, 2), solver=solver, generator=gen, **steps)
+
     with pytest.warns(UserWarning, match="chooses its own steps"):
-        solvers.sample(
-            VPSDE(),
-            _unit_score,
-            shape=(2, 2),
-            solver="ode_adaptive",
-            steps=7,
-            generator=torch.Generator().manual_seed(0),
-        )
+        run("ode_adaptive", steps=7)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        solvers.sample(
-            VPSDE(),
-            _unit_score,
-            shape=(2, 2),
-            solver="ode_adaptive",
-            generator=torch.Generator().manual_seed(0),
-        )
-        solvers.sample(
-            VPSDE(),
-            _unit_score,
-            shape=(2, 2),
-            solver="ode_heun",
-            steps=3,
-            generator=torch.Generator().manual_seed(0),
-        )
+        run("ode_adaptive")
+        run("ode_heun", steps=3)
 
 
 # -- checkpoints -----------------------------------------------------------------------------
