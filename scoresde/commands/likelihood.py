@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         stages = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}.get(args.method)
         nfe = f"{steps * stages} evaluations per solve" if stages else f"{steps} steps per solve"
     else:
-        nfe = "NFE set by the adaptive solver (typically 50-300 per solve)"
+        nfe = f"NFE per solve chosen by {args.method} from rtol/atol (not known in advance)"
     print(
         f"cost: {solves} ODE solve(s) of up to {args.batch} samples; divergence={divergence}"
         f"{why}: each evaluation is 1 score call + {per_eval}; {nfe}",
