@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from solvers.sampling import NonFiniteScoreError
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from solvers.protocol import ScoreFn
+
 LogDensityFn = Callable[[Tensor], Tensor]
 
 DIVERGENCES = ("exact", "hutchinson")

@@ -4,13 +4,14 @@ Depends only on :mod:`schedules` and on the process protocol defined here
 (:class:`DiffusionProcess`), never on training code.
 """
 
+from schedules.parametrization import PREDICTIONS, convert, from_eps, to_eps, tweedie_denoise
+
 from . import (  # noqa: F401  (registers the built-in solvers)
-    fast_solvers,
+    exponential,
     ode_solvers,
     sde_solvers,
     torchsde_solvers,
 )
-from .parametrization import PREDICTIONS, convert, from_eps, to_eps, tweedie_denoise
 from .protocol import DiffusionProcess, ScoreFn
 from .registry import SolverSpec, available, get, register, unregister
 from .sampling import (
