@@ -32,9 +32,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from solvers.sampling import NonFiniteScoreError
-
 from solvers.protocol import ScoreFn
+from solvers.sampling import NonFiniteScoreError
 
 LogDensityFn = Callable[[Tensor], Tensor]
 

@@ -394,7 +394,7 @@ def test_help_shows_defaults_without_rst_markup(capsys) -> None:
     """#13.15: subcommand help shows defaults; the top-level help has no reST markup."""
     from scoresde.cli import main
 
-    for argv in ([], ["train"], ["likelihood"]):
+    for argv in ([], ["train"], ["likelihood"], ["check"]):
         with pytest.raises(SystemExit):
             main([*argv, "--help"])
         text = capsys.readouterr().out
@@ -446,3 +446,30 @@ def test_the_reliability_table_names_tests_that_exist() -> None:
     named = set(re.findall(r"`(test_\w+)`", section))
     here = set(re.findall(r"^def (test_\w+)", _read("tests/test_hardening.py"), re.M))
     assert len(named) >= 15 and named <= here, sorted(named - here)
+
+
+# -- scoresde check --------------------------------------------------------------------------
+def test_check_skips_budgets_that_pay_for_no_step(tmp_path, capsys) -> None:
+    """#13.6: `scoresde check --solvers ode_rk4 --nfe 2` crashed with a TypeError."""
+    from scoresde.cli import main
+    from scoresde.harness import run_study
+
+    with pytest.raises(ValueError, match="ode_rk4 needs NFE >= 5"):
+        run_study(["ode_rk4"], ["gaussian_iso_2d"], nfes=[2])
+    res = run_study(["ode_rk4", "ddim"], ["gaussian_iso_2d"], nfes=[2, 4])
+    assert res.settings["skipped"] == [
+        {"solver": "ode_rk4", "nfe": 2, "min_nfe": 5},
+        {"solver": "ode_rk4", "nfe": 4, "min_nfe": 5},
+    ]
+    assert "ddim" in res.orders_table() and "ode_rk4" not in res.table()
+    out = str(tmp_path / "check")
+    assert main(["check", "--solvers", "ode_rk4", "--nfe", "2", "--out", out, "--quiet"]) == 2
+    assert "ode_rk4 needs NFE >= 5" in capsys.readouterr().err
+    args = ["check", "--solvers", "ode_rk4", "ddim", "--nfe", "2", "4"]
+    args += ["--target", "gaussian_iso_2d", "--quiet", "--no-plot", "--out", out]
+    assert main(args) == 0
+    assert "note: ode_rk4 skipped at NFE 2" in capsys.readouterr().out
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["check", "--out", str(a_file), "--quiet"]) == 2
+    assert "is an existing file" in capsys.readouterr().err
