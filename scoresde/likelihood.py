@@ -67,6 +67,11 @@ def _is_adaptive_rk(solver_cls: type) -> bool:
     return issubclass(solver_cls, RKAdaptiveStepsizeODESolver)
 
 
+def ode_methods() -> list[str]:
+    """The torchdiffeq method names ``log_likelihood`` accepts."""
+    return list(_torchdiffeq_solvers())
+
+
 def is_fixed_step(method: str) -> bool:
     """Whether the torchdiffeq ``method`` steps on a fixed grid (euler, midpoint, rk4, ...)."""
     from torchdiffeq._impl.solvers import FixedGridODESolver
@@ -434,6 +439,7 @@ __all__ = [
     "exact_divergence",
     "hutchinson_divergence",
     "is_fixed_step",
+    "ode_methods",
     "log_likelihood",
     "uniform_dequantize",
 ]

@@ -313,6 +313,8 @@ def test_likelihood_cli_states_cost_data_and_steps(tiny_ckpt, tmp_path, capsys) 
     assert res["nfe"] == [6] and res["steps"] == 6 and "fresh draws" in res["scored"]
     assert main([*args, "--method", "dopri5", "--steps", "6"]) == 2
     assert "--steps 6 is for fixed-step methods" in capsys.readouterr().err
+    assert main([*args, "--method", "rk45", "--steps", "6"]) == 2
+    assert "unknown --method 'rk45'; expected one of dopri8, dopri5" in capsys.readouterr().err
     assert main([*args, "--split", "train", "--method", "euler", "--steps", "2"]) == 0
     assert "training data" in capsys.readouterr().out
 

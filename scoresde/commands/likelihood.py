@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         dequantization_offset,
         is_fixed_step,
         log_likelihood,
+        ode_methods,
         uniform_dequantize,
     )
     from ..training import CheckpointError, load_pretrained
@@ -129,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json and (problem := output_file(args.json)):
         return fail(problem)
+    if args.method not in ode_methods():
+        return fail(f"unknown --method {args.method!r}; expected one of {', '.join(ode_methods())}")
     fixed = is_fixed_step(args.method)
     if args.steps is not None and not fixed:
         return fail(
