@@ -30,7 +30,7 @@ from .training import TrainConfig, Trainer, load_pretrained
 from .tuning import TuneResult, load_grid, save_grid, tune_grid
 from .vae import GaussianVAE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdaptedModel",

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._args import integer, positive_float, positive_int
+from ._args import HelpFormatter, integer, output_dir, plain, positive_float, positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "check",
         help="measure solver accuracy against exact targets (table, orders, plot, CSV/JSON)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--solvers",
@@ -210,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         return fail(str(err))
 
+    if problem := output_dir(args.out):
+        return fail(problem)
     start = time.perf_counter()
     try:
         with _thread_limit(args.threads):
@@ -228,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(err))
     elapsed = time.perf_counter() - start
 
+    for s in result.settings["skipped"]:
+        print(
+            f"note: {s['solver']} skipped at NFE {s['nfe']}: one step plus the denoising "
+            f"evaluation needs NFE >= {s['min_nfe']}"
+        )
     print(result.table())
     print(result.orders_table())
     os.makedirs(args.out, exist_ok=True)
