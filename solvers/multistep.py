@@ -92,6 +92,7 @@ def dpm_solver_pp_3m(ctx: SolverContext, x: Tensor, lower_order_final: bool = Tr
     n = len(c.t) - 1
     hist: list[Tensor] = []
     for i, (t, _s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t)
         hist = [*hist[-2:], tweedie_denoise(x, ctx.score(x, t), c.alpha[i], c.sigma[i])]
         p = _step_order(3, i, n, lower_order_final)
         h = lam[i + 1] - lam[i]
@@ -229,6 +230,7 @@ def unipc(
     outs: list[Tensor] = []
     x_prev, p_prev = x, 0
     for i, (t, _s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t)  # the predicted x_i: the model is evaluated here
         score = ctx.score(x, t)
         m = tweedie_denoise(x, score, c.alpha[i], c.sigma[i]) if data else score * -c.sigma[i]
         if outs:  # UniC: correct x_i with the evaluation just made at the predicted x_i
@@ -282,6 +284,7 @@ def ipndm(ctx: SolverContext, x: Tensor, order: int = 4) -> Tensor:
     y = x / c.alpha[0]
     eps: list[Tensor] = []
     for i, (t, _t_next) in enumerate(ctx.steps()):
+        y = ctx.before_step(y, t, scale=c.alpha[i])  # the hook sees x_t = alpha_t y
         e = torch.mul(ctx.score(y * c.alpha[i], t), -c.sigma[i])
         eps = [*eps[max(0, len(eps) - order + 1) :], e]  # the last ``order`` evaluations
         ds = s[i + 1] - s[i]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -93,3 +94,20 @@ def test_check_tuned_shows_tuned_and_default_grids(tmp_path, capsys):
     grid = doc["settings"]["tuned_grids"]["ring_2d"]["dpm_solver_pp_2m"]["10"]
     assert len(grid) == 10 and grid[0] == 1.0 and rows["dpm_solver_pp_2m tuned"]["nfe"] == 10
     assert rows["dpm_solver_pp_2m tuned"]["per_mode_w2"] < rows["dpm_solver_pp_2m"]["per_mode_w2"]
+
+
+def test_grid_file_contents_are_part_of_the_resume_settings(tmp_path):
+    from scoresde.commands import sample as sample_cmd
+    from scoresde.tuning import save_grid
+
+    path = save_grid(
+        tmp_path / "g.json", [1.0, 0.3, 0.02], solver="unipc", nfe=3, options={"order": 1}
+    )
+    args = sample_cmd.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(
+        ["--ckpt", "c.pt", "--out", "o", "--grid", str(path)]
+    )
+    sample_cmd._load_grid_file(args)
+    assert args.solver == "unipc"
+    assert sample_cmd.settings_of(args)["grid_times"] == [1.0, 0.3, 0.02]
+    opts = sample_cmd.sampling_options(args)
+    assert opts["grid"] == [1.0, 0.3, 0.02] and opts["order"] == 1 and opts["solver"] == "unipc"

@@ -53,14 +53,8 @@ CASES = [
 ]
 
 
-# every case on VP, the order-3 defaults on sub-VP and VE too (cheap); the rest is slow
 PARAMS = [
-    pytest.param(
-        sde_name,
-        *case,
-        marks=() if sde_name == "VP" or (case[2] == 3 and not case[1]) else pytest.mark.slow,
-        id=f"{case[0]}-{case[1]}-{sde_name}",
-    )
+    pytest.param(sde_name, *case, id=f"{case[0]}-{case[1]}-{sde_name}")
     for case in CASES
     for sde_name in ("VP", "subVP", "VE")
 ]
