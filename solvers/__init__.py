@@ -5,8 +5,11 @@ Depends only on :mod:`schedules` and on the process protocol defined here
 """
 
 from . import (  # noqa: F401  (registers the built-in solvers)
+    exponential_sde,
     fast_solvers,
     ode_solvers,
+    restart,
+    sde_adaptive,
     sde_solvers,
     torchsde_solvers,
 )

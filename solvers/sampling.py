@@ -36,6 +36,9 @@ class SampleStats:
         solver: the solver's registry name.
         grid: the float64 time grid used (``None`` for adaptive solvers that choose their own).
         t_end: the truncation time.
+        accepted, rejected: for solvers with error control that report them (``sde_adaptive``),
+            the accepted and rejected steps per sample, averaged over the batch; ``None``
+            otherwise.
     """
 
     nfe: int
@@ -44,6 +47,8 @@ class SampleStats:
     solver: str
     grid: Tensor | None
     t_end: float
+    accepted: float | None = None
+    rejected: float | None = None
 
 
 class SampleResult(NamedTuple):
@@ -112,6 +117,8 @@ class SolverContext:
         self.step = 0
         self.t = self.times[0]
         self.steps_taken = 0
+        self.accepted: float | None = None  # set by solvers with error control
+        self.rejected: float | None = None
         self._pbar = tqdm(total=len(self.times) - 1, disable=not progress, leave=False)
         self._pending: list[tuple[Tensor, int, float]] = []  # deferred finiteness checks (GPU)
         self._checked_shape = False
@@ -141,9 +148,16 @@ class SolverContext:
         self._pbar.close()
 
     # -- score --------------------------------------------------------------------------------
-    def score(self, x: Tensor, t: float) -> Tensor:
-        """``score_fn(x, t * ones(B))``; counts NFE and detects NaN/Inf."""
-        tvec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    def score(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """``score_fn(x, t * ones(B))``; counts NFE and detects NaN/Inf.
+
+        ``t`` may also be a per-sample tensor of shape ``(B,)`` (solvers with per-sample steps).
+        """
+        if isinstance(t, Tensor):
+            tvec = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+            t = float(t.min())
+        else:
+            tvec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         out = self.score_fn(x, tvec)
         self.nfe += 1
         if not self._checked_shape:
@@ -365,5 +379,7 @@ def sample(
         solver=solver,
         grid=None if spec.adaptive else grid_t,
         t_end=t_end,
+        accepted=ctx.accepted,
+        rejected=ctx.rejected,
     )
     return SampleResult(x, stats)
