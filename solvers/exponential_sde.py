@@ -156,7 +156,8 @@ def dpm_solver_pp_2m_sde(ctx: SolverContext, x: Tensor, eta: float = 1.0) -> Ten
     ``x_{i+1} = (sigma_{i+1} / sigma_i) e^{-eta h} x_i + alpha_{i+1} [(1 - e^{-c h}) D_i
     + phi_2 (D_i - D_{i-1}) / r] + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z`` with
     ``phi_2 = 1 - (1 - e^{-c h}) / (c h)`` (the exact integral of the linear interpolant; the
-    first step uses ``D_i`` alone). ``eta = 1`` is the reverse SDE, ``eta = 0`` DPM-Solver++(2M).
+    first step uses ``D_i`` alone). ``eta = 1`` is the reverse SDE; ``eta = 0`` an order-2 ODE solver (DPM-Solver++(2M) with
+    the exact integral of its interpolant in place of the midpoint rule, k-diffusion's "heun").
     Weak order 2 in the first two moments (measured on the exact Gaussian, every grid).
     """
     _check_eta("eta", eta)
