@@ -33,10 +33,10 @@ import torch
 from torch import Tensor
 
 from schedules import time_grid
+from schedules.parametrization import tweedie_denoise
 from solvers import SampleResult, SampleStats, get, sample
-from solvers.parametrization import tweedie_denoise
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 CondScoreFn = Callable[[Tensor, Tensor, Any], Tensor]
 LogLikFn = Callable[[Tensor, Tensor], Tensor]
 

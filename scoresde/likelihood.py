@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from solvers.protocol import ScoreFn
+
 LogDensityFn = Callable[[Tensor], Tensor]
 
 DIVERGENCES = ("exact", "hutchinson")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 import schedules as S
 from schedules.base import TimeLike, as_float64, check_time
-from solvers.parametrization import broadcast_to
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from schedules.parametrization import broadcast_to
+from solvers.protocol import ScoreFn
 
 
 def _clamp_time(t: Tensor, T: float) -> Tensor:

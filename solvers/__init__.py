@@ -4,16 +4,17 @@ Depends only on :mod:`schedules` and on the process protocol defined here
 (:class:`DiffusionProcess`), never on training code.
 """
 
+from schedules.parametrization import PREDICTIONS, convert, from_eps, to_eps, tweedie_denoise
+
 from . import (  # noqa: F401  (registers the built-in solvers)
+    exponential,
     exponential_sde,
-    fast_solvers,
     ode_solvers,
     restart,
     sde_adaptive,
     sde_solvers,
     torchsde_solvers,
 )
-from .parametrization import PREDICTIONS, convert, from_eps, to_eps, tweedie_denoise
 from .protocol import DiffusionProcess, ScoreFn
 from .registry import SolverSpec, available, get, register, unregister
 from .sampling import (

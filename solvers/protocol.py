@@ -25,13 +25,19 @@ class DiffusionProcess(Protocol):
 
     T: float
     default_t_end: float
+    prior_std: float
+    """Standard deviation of the prior ``p_T = N(0, prior_std^2 I)``."""
 
     def marginal(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha(t), sigma(t))`` of the kernel ``x_t = alpha x_0 + sigma eps``."""
         ...
 
+    def drift_coef(self, t: float | Tensor) -> Tensor:
+        """``f(t)`` of the linear drift ``f(x, t) = f(t) x``."""
+        ...
+
     def drift(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """The forward drift ``f(x, t)``."""
+        """The forward drift ``f(x, t) = f(t) x``."""
         ...
 
     def diffusion(self, t: float | Tensor) -> Tensor:

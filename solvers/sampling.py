@@ -13,8 +13,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from schedules import time_grid
+from schedules.parametrization import tweedie_denoise
 
-from .parametrization import tweedie_denoise
 from .protocol import DiffusionProcess, ScoreFn
 from .registry import get
 
@@ -76,14 +76,6 @@ class Coefficients:
     log_snr: list[float]
     f: list[float]
     g2: list[float]
-
-
-def _drift_coef(process: DiffusionProcess, t: Tensor) -> Tensor:
-    """``f(t)`` of the linear drift ``f(x, t) = f(t) x`` (``process.drift`` applied to ones)."""
-    coef = getattr(process, "drift_coef", None)
-    if coef is not None:
-        return coef(t)
-    return process.drift(torch.ones_like(t), t)
 
 
 class SolverContext:
@@ -203,7 +195,7 @@ class SolverContext:
             alpha=alpha.to(torch.float64).tolist(),
             sigma=sigma.to(torch.float64).tolist(),
             log_snr=self.process.log_snr(t).to(torch.float64).tolist(),
-            f=_drift_coef(self.process, t).to(torch.float64).tolist(),
+            f=self.process.drift_coef(t).to(torch.float64).tolist(),
             g2=(self.process.diffusion(t).to(torch.float64) ** 2).tolist(),
         )
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .registry import register
-from .sampling import SolverContext, _drift_coef
+from .sampling import SolverContext
 
 MAX_ITERATIONS = 100_000
 
@@ -70,7 +70,7 @@ def sde_adaptive(
     n = x[0].numel()
 
     def coefs(tt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        f = _drift_coef(ctx.process, tt).to(torch.float64)
+        f = ctx.process.drift_coef(tt).to(torch.float64)
         g2 = ctx.process.diffusion(tt).to(torch.float64) ** 2
         return tuple(c.to(x.dtype).to(x.device).view(view) for c in (f, g2, g2.sqrt()))
 

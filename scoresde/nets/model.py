@@ -4,7 +4,7 @@
 With ``x_t = alpha(t) x0 + sigma(t) eps`` (``alpha, sigma = sde.marginal(t)``) the wrapper computes
 
     pred  = net(c_in(t) x_t, c_noise(t), y)
-    score = convert(pred, prediction, "score", x_t, alpha, sigma)      (solvers.parametrization)
+    score = convert(pred, prediction, "score", x_t, alpha, sigma)      (schedules.parametrization)
 
 * ``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` scales the input to unit variance when the
   data have per-coordinate std ``sigma_data`` (EDM's input preconditioning, Karras et al. 2022;
@@ -20,15 +20,14 @@ With ``x_t = alpha(t) x0 + sigma(t) eps`` (``alpha, sigma = sde.marginal(t)``) t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from solvers.parametrization import PREDICTIONS, broadcast_to, convert
+from schedules.parametrization import PREDICTIONS, broadcast_to, convert
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 TIME_INPUTS = ("log_snr", "t")
 
 
@@ -144,7 +143,7 @@ class ScoreModel(nn.Module):
         self, x: Tensor, t: Tensor | float, kind: str = "eps", y: Tensor | int | None = None
     ) -> Tensor:
         """The prediction converted to ``kind`` (eps, x0, score or v) with the exact formulas of
-        :func:`solvers.parametrization.convert`."""
+        :func:`schedules.parametrization.convert`."""
         t = self._times(t, x)
         alpha, sigma = self.coefficients(t)
         pred = self.forward(x, t, y, alpha=alpha, sigma=sigma)
