@@ -96,8 +96,23 @@ def _combine(x: Tensor, a: float, ds: list[Tensor], ws: list[float], z: Tensor |
     return out
 
 
+def midpoint_weights(c: Coefficients, i: int, eta: float) -> list[float]:
+    """Lu et al.'s 2M weights on ``(D_i, D_{i-1})``: ``alpha_{i+1} (1 - e^{-c h}) (1 + 1/(2r),
+    -1/(2r))`` with ``r = (lambda_i - lambda_{i-1}) / h`` (a midpoint rule for the linear term)."""
+    lam = c.log_snr
+    h = lam[i + 1] - lam[i]
+    base = -c.alpha[i + 1] * math.expm1(-(1.0 + eta) * h)
+    half_inv_r = 0.5 * h / (lam[i] - lam[i - 1])
+    return [base * (1.0 + half_inv_r), -base * half_inv_r]
+
+
 def stochastic_adams(
-    ctx: SolverContext, x: Tensor, eta: float, predictor_order: int, corrector_order: int
+    ctx: SolverContext,
+    x: Tensor,
+    eta: float,
+    predictor_order: int,
+    corrector_order: int,
+    midpoint: bool = False,
 ) -> Tensor:
     """The common loop: Adams-Bashforth predictor, optional Adams-Moulton corrector (see module).
 
@@ -105,7 +120,8 @@ def stochastic_adams(
     (``corrector_order > 0``), ``D`` evaluated at the predicted ``x_{i+1}`` corrects it with
     the same noise ``z`` over the nodes ``i + 1, i, ...`` (``corrector_order`` of them, at most
     ``i + 2``), and the next predictor reuses that evaluation (one evaluation per step). The
-    last step is not corrected.
+    last step is not corrected. ``midpoint`` replaces the two-node predictor's exact weights by
+    :func:`midpoint_weights`.
     """
     c = ctx.coefficients()
     lam = c.log_snr
@@ -122,7 +138,11 @@ def stochastic_adams(
             a, std = _decay_and_std(c, i - 1, eta, lam)
             x = _combine(x_prev, a, hist[: len(nodes)], ws, z_prev, std)
         nodes = list(range(i, i - min(predictor_order, i + 1), -1))
-        ws = data_weights(c, i, nodes, eta)
+        ws = (
+            midpoint_weights(c, i, eta)
+            if midpoint and len(nodes) == 2
+            else data_weights(c, i, nodes, eta)
+        )
         a, std = _decay_and_std(c, i, eta, lam)
         z = ctx.noise_like(x) if std > 0.0 else None
         prev = (x, z)
@@ -145,23 +165,27 @@ def _decay_and_std(c: Coefficients, i: int, eta: float, lam: list[float]) -> tup
     order=2.0,
     evals_per_step=1,
     default_grid="log_snr",
-    options={"eta": 1.0},
+    options={"eta": 1.0, "solver_type": "midpoint"},
     reference="Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), SDE-DPM-Solver++(2M)",
 )
-def dpm_solver_pp_2m_sde(ctx: SolverContext, x: Tensor, eta: float = 1.0) -> Tensor:
+def dpm_solver_pp_2m_sde(
+    ctx: SolverContext, x: Tensor, eta: float = 1.0, solver_type: str = "midpoint"
+) -> Tensor:
     """SDE-DPM-Solver++(2M): exponential integrator of the reverse SDE, linear data extrapolation.
 
     With ``D_i`` the data prediction at ``x_i``, ``h = lambda_{i+1} - lambda_i``,
-    ``r = (lambda_i - lambda_{i-1}) / h`` and ``c = 1 + eta``:
-    ``x_{i+1} = (sigma_{i+1} / sigma_i) e^{-eta h} x_i + alpha_{i+1} [(1 - e^{-c h}) D_i
-    + phi_2 (D_i - D_{i-1}) / r] + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z`` with
-    ``phi_2 = 1 - (1 - e^{-c h}) / (c h)`` (the exact integral of the linear interpolant; the
-    first step uses ``D_i`` alone). ``eta = 1`` is the reverse SDE; ``eta = 0`` an order-2 ODE solver (DPM-Solver++(2M) with
-    the exact integral of its interpolant in place of the midpoint rule, k-diffusion's "heun").
-    Weak order 2 in the first two moments (measured on the exact Gaussian, every grid).
+    ``r = (lambda_i - lambda_{i-1}) / h``, ``c = 1 + eta`` and ``E = 1 - e^{-c h}``:
+    ``x_{i+1} = (sigma_{i+1} / sigma_i) e^{-eta h} x_i + alpha_{i+1} [E D_i + k (D_i - D_{i-1})
+    / r] + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z`` with ``k = E / 2`` (``solver_type="midpoint"``,
+    Lu et al.'s form; with ``eta = 0`` exactly DPM-Solver++(2M)) or ``k = 1 - E / (c h)``
+    (``"heun"``: the exact integral of the linear interpolant). The first step uses ``D_i``
+    alone. ``eta = 1`` is the reverse SDE. Weak order 2 in the first two moments (measured on
+    the exact Gaussian, every grid).
     """
     _check_eta("eta", eta)
-    return stochastic_adams(ctx, x, float(eta), 2, 0)
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type={solver_type!r}; expected 'midpoint' or 'heun'")
+    return stochastic_adams(ctx, x, float(eta), 2, 0, midpoint=solver_type == "midpoint")
 
 
 @register(

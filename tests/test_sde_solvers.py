@@ -44,7 +44,13 @@ def _order(steps, errors) -> float:
 
 @pytest.mark.parametrize("sde_name", ["VP", pytest.param("VE", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(
-    "name, opts", [("dpm_solver_pp_2m_sde", {}), ("dpm_solver_pp_3m_sde", {}), ("sa_solver", {})]
+    "name, opts",
+    [
+        ("dpm_solver_pp_2m_sde", {}),
+        ("dpm_solver_pp_2m_sde", {"solver_type": "heun"}),
+        ("dpm_solver_pp_3m_sde", {}),
+        ("sa_solver", {}),
+    ],
 )
 def test_exponential_sde_solvers_have_weak_order_two(name, opts, sde_name):
     sde = SDES[sde_name]
@@ -61,20 +67,31 @@ def test_exponential_sde_solvers_have_weak_order_two(name, opts, sde_name):
 
 
 def test_eta_zero_is_the_ode_solver():
-    """With ``eta = 0`` SDE-DPM-Solver++(2M) is an ODE solver of order 2 (DPM-Solver++(2M) with
-    the exact integral of its linear interpolant in place of the midpoint rule)."""
+    """With ``eta = 0`` SDE-DPM-Solver++(2M) is DPM-Solver++(2M) (Lu et al.'s midpoint form),
+    and its ``heun`` form (exact integral of the interpolant) an ODE solver of order 2."""
     sde = SDES["VP"]
     ref = exact_solution_moments(sde, GAUSS.mean, GAUSS.cov, "ode", denoise=False)
     errors = [
         _error(
             *exact_output_moments(
-                sde, GAUSS.score_fn(sde), 3, "dpm_solver_pp_2m_sde", n, denoise=False, eta=0.0
+                sde,
+                GAUSS.score_fn(sde),
+                3,
+                "dpm_solver_pp_2m_sde",
+                n,
+                denoise=False,
+                eta=0.0,
+                solver_type="heun",
             ),
             *ref,
         )
         for n in STEPS
     ]
     assert abs(_order(STEPS, errors) - 2.0) <= 0.2, errors
+    score = GAUSS.score_fn(sde)
+    m1 = exact_output_moments(sde, score, 3, "dpm_solver_pp_2m_sde", 30, eta=0.0)
+    m2 = exact_output_moments(sde, score, 3, "dpm_solver_pp_2m", 30, grid="log_snr")
+    assert _error(*m1, *m2) < 1e-10
 
 
 def test_ddim_eta_one_is_the_ancestral_step_and_converges_to_the_reverse_sde():
@@ -209,3 +226,11 @@ def test_sde_adaptive_reaches_the_data_law(sde_name):
         atol=0.002,
     )
     assert gaussian_w2(out.mean(0), torch.cov(out.T), GAUSS.mean, GAUSS.cov) < 0.05
+
+
+def test_reversible_heun_warns_on_coarse_grids():
+    sde = SDES["VP"]
+    with pytest.warns(RuntimeWarning, match="below about 4000 steps"):
+        solvers.sample(
+            sde, GAUSS.score_fn(sde), shape=(2, 3), solver="torchsde_reversible_heun", steps=5
+        )
