@@ -147,7 +147,6 @@ class SolverContext:
         """
         if isinstance(t, Tensor):
             tvec = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
-            t = float(t.min())
         else:
             tvec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         out = self.score_fn(x, tvec)
@@ -162,9 +161,11 @@ class SolverContext:
             # isfinite(out).all(), which then only confirms (a finite sum may overflow)
             acc = None if out.dtype in (torch.float32, torch.float64) else torch.float32
             if not math.isfinite(float(out.sum(dtype=acc))) and not bool(torch.isfinite(out).all()):
-                self._raise_nonfinite(self.step, t)
+                bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+                self._raise_nonfinite(self.step, float(tvec[bad.nonzero()[0, 0]]))
         else:  # no device sync on the hot path: checked once at the end
-            self._pending.append((torch.isfinite(out).all(), self.step, float(t)))
+            t_at = float(tvec[0]) if isinstance(t, Tensor) else float(t)
+            self._pending.append((torch.isfinite(out).all(), self.step, t_at))
         return out
 
     def _raise_nonfinite(self, step: int, t: float) -> None:
