@@ -53,14 +53,15 @@ OURS = [
 ODE_REFERENCE = [("dpm_solver_pp_2m", {})]
 
 
-def ours_with(name: str, options: dict[str, Any]) -> pa.Method:
+def ours_with(name: str, options: dict[str, Any], grid: str | None = None) -> pa.Method:
     """``pa.ours`` with solver options (its adapter takes none)."""
     spec = solvers.get(name)
+    grid = grid or spec.default_grid
 
     def run(problem: pa.Problem, x_T, size: int, noise) -> torch.Tensor:
         gen = getattr(noise, "generator", None) if noise is not None else None
         x, _ = solvers.sample(
-            problem.sde, problem.score_fn, x_T=x_T, solver=name, steps=size,
+            problem.sde, problem.score_fn, x_T=x_T, solver=name, steps=size, grid=grid,
             t_end=problem.t_end, noise_fn=noise, generator=gen or torch.Generator().manual_seed(0),
             **options,
         )  # fmt: skip
@@ -68,7 +69,7 @@ def ours_with(name: str, options: dict[str, Any]) -> pa.Method:
 
     label = name + "".join(f" {k}={v}" for k, v in options.items())
     kind = spec.kind == "sde" or bool(options.get("eta"))
-    return pa.Method("scoresde", label, spec.default_grid, kind, run, "steps")
+    return pa.Method("scoresde", label, grid, kind, run, "steps")
 
 
 def peer_methods() -> list[pa.Method]:
@@ -105,10 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nfes", nargs="+", type=int, default=[10, 20])
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--ours-only", action="store_true")
+    p.add_argument(
+        "--grids",
+        nargs="+",
+        default=["default"],
+        help="time grids for our samplers (default: each one's own)",
+    )
     args = p.parse_args(argv)
     torch.set_default_dtype(torch.float64)
     sde = VPSDE()
-    methods = [ours_with(n, o) for n, o in OURS + ODE_REFERENCE]
+    methods = [
+        ours_with(n, o, None if g == "default" else g)
+        for n, o in OURS + ODE_REFERENCE
+        for g in dict.fromkeys(args.grids)
+        if g == "default" or g != solvers.get(n).default_grid
+    ]
     if not args.ours_only:
         methods += peer_methods()
     print("per-mode W2 excess over the floor (VP, exact score, n =", args.n, ")")
