@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from solvers.protocol import ScoreFn
+from solvers.resolve import check_tolerances
 
 LogDensityFn = Callable[[Tensor], Tensor]
 
@@ -300,9 +301,7 @@ def log_likelihood(
         raise ValueError(f"divergence={divergence!r}; expected one of {', '.join(DIVERGENCES)}")
     if probe not in PROBES:
         raise ValueError(f"probe={probe!r}; expected one of {', '.join(PROBES)}")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name}={tol!r} must be a finite positive number")
+    check_tolerances(rtol, atol)
     methods = _torchdiffeq_solvers()
     if method not in methods:
         raise ValueError(f"method={method!r}; expected a torchdiffeq method: {', '.join(methods)}")

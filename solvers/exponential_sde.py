@@ -129,6 +129,7 @@ def stochastic_adams(
     hist: list[Tensor] = []  # data predictions at grid times i, i - 1, ... (newest first)
     prev: tuple[Tensor, Tensor | None] | None = None  # (x_{i-1}, z_{i-1}) for the corrector
     for i, (t, _s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t)
         d = ctx.score(x, t).mul_(c.sigma[i] ** 2 / c.alpha[i]).add_(x, alpha=1.0 / c.alpha[i])
         hist = [d, *hist][:keep]
         if prev is not None and corrector_order > 0:

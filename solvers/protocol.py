@@ -19,6 +19,18 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score_fn(x, t) -> grad_x log p_t(x)``, with ``t`` a per-sample vector of shape ``(B,)``."""
 
 
+def pf_velocity(x: Tensor, score: Tensor, f: float | Tensor, g2: float | Tensor) -> Tensor:
+    """The probability-flow velocity ``v = f x - g^2 score / 2`` (``dx/dt = v``) of the linear
+    drift ``f(x, t) = f x``, at one time, given the score there.
+
+    ``f`` and ``g2 = g^2`` are Python floats (one allocation) or tensors that broadcast against
+    ``x``. Every probability-flow ODE of the library evaluates its field here.
+    """
+    if isinstance(f, Tensor) or isinstance(g2, Tensor):
+        return f * x - 0.5 * g2 * score
+    return torch.mul(score, -0.5 * g2).add_(x, alpha=f)
+
+
 @runtime_checkable
 class DiffusionProcess(Protocol):
     """A forward diffusion that samplers can reverse."""

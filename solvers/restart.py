@@ -29,7 +29,7 @@ def _heun(ctx: SolverContext, x: Tensor, t: float, s: float) -> Tensor:
 def _time_at(ctx: SolverContext, noise_level: float) -> float:
     """The time whose ``sigma~`` is ``noise_level`` (through ``lambda = -log sigma~``)."""
     lam = torch.tensor(-math.log(noise_level), dtype=torch.float64)
-    return float(ctx.process.t_from_log_snr(lam))
+    return float(ctx.sde.t_from_log_snr(lam))
 
 
 def _check(name: str, v: float, integer: bool = False) -> None:
@@ -80,12 +80,13 @@ def restart(
     a_index = next((i for i, v in enumerate(sig) if v <= s_min), None)
     x = x / c.alpha[0]
     for i, (t, s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t, scale=c.alpha[i])  # the hook sees x_t = alpha_t x~
         x = _heun(ctx, x, t, s)
         if i + 1 == a_index and t_b > s:
             sig_b = ctx.marginal(t_b)[1] / ctx.marginal(t_b)[0]
             lam_a, lam_b = c.log_snr[i + 1], ctx.log_snr(t_b)
             lams = torch.linspace(lam_b, lam_a, restart_steps + 1, dtype=torch.float64)
-            back = ctx.process.t_from_log_snr(lams).tolist()
+            back = ctx.sde.t_from_log_snr(lams).tolist()
             back[0], back[-1] = t_b, s
             for _ in range(restarts):
                 x = x + math.sqrt(sig_b**2 - sig[i + 1] ** 2) * ctx.noise_like(x)

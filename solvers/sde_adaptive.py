@@ -70,8 +70,8 @@ def sde_adaptive(
     n = x[0].numel()
 
     def coefs(tt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        f = ctx.process.drift_coef(tt).to(torch.float64)
-        g2 = ctx.process.diffusion(tt).to(torch.float64) ** 2
+        f = ctx.sde.drift_coef(tt).to(torch.float64)
+        g2 = ctx.sde.diffusion(tt).to(torch.float64) ** 2
         return tuple(c.to(x.dtype).to(x.device).view(view) for c in (f, g2, g2.sqrt()))
 
     for _ in range(MAX_ITERATIONS):

@@ -21,7 +21,15 @@ import torch
 
 from ._args import int_list, nonneg_float, nonneg_int, positive_float, positive_int
 
-SDE_CHOICES = ("vp", "subvp", "ve")
+
+def sde_choices() -> dict[str, str]:
+    """``--sde`` values: each ``sde.SDES`` key in lower case without "SDE" (``vp``, ``subvp``,
+    ``ve``), so a new SDE in the table is a new choice."""
+    from ..sde import SDES
+
+    return {name.removesuffix("SDE").lower(): name for name in SDES}
+
+
 NET_CHOICES = ("auto", "mlp", "unet")
 
 
@@ -39,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, data and noise")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
     g = p.add_argument_group("SDE")
-    g.add_argument("--sde", choices=SDE_CHOICES, default="vp", help="diffusion (default vp)")
+    g.add_argument("--sde", choices=sde_choices(), default="vp", help="diffusion (default vp)")
     g.add_argument(
         "--schedule", choices=("linear", "cosine"), default="linear", help="VP/sub-VP schedule"
     )
@@ -124,16 +132,18 @@ def _default_unet(shape: tuple[int, ...]) -> dict[str, Any]:
 
 def build_from_args(args: argparse.Namespace, info: Any) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, loss, train settings)`` for the parsed arguments and the data's ``info``."""
-    from .. import VESDE, VPSDE, CosineVP, LinearVP, SubVPSDE, VEGeometric
+    from .. import CosineVP, LinearVP, VEGeometric
     from ..losses import DDPMLoss, DSMLoss
     from ..nets import MLP, ScoreModel, UNet
+    from ..sde import SDES
 
     shape = tuple(info.shape)
-    if args.sde == "ve":
-        sde = VESDE(VEGeometric(args.sigma_min, args.sigma_max))
-    else:
+    sde_class = SDES[sde_choices()[args.sde]]
+    if sde_class.vp_schedule:
         schedule = CosineVP() if args.schedule == "cosine" else LinearVP()
-        sde = (VPSDE if args.sde == "vp" else SubVPSDE)(schedule)
+    else:
+        schedule = VEGeometric(args.sigma_min, args.sigma_max)
+    sde = sde_class(schedule)
 
     kind = args.net
     if kind == "auto":

@@ -21,6 +21,7 @@ from torch import Tensor
 import solvers as _solvers
 from schedules import LinearVP
 from solvers.registry import SolverSpec
+from solvers.resolve import check_options, check_t_end
 
 from ..sde import VPSDE
 from ..targets import GaussianMixture
@@ -104,14 +105,8 @@ def _resolve_solvers(
         spec = _solvers.get(name)  # raises with the valid names
         steps_for_budget(name, 10)  # raises for adaptive solvers
         opts = {**opts, **extra.get(label, {})}
+        check_options(spec, opts, extra=("grid",))
         run_grid = opts.pop("grid", grid)
-        unknown = set(opts) - set(spec.options)
-        if unknown:
-            valid = ", ".join(spec.options) or "none"
-            raise ValueError(
-                f"unknown option(s) {sorted(unknown)} for solver {name!r}; valid options: {valid} "
-                "(and grid)"
-            )
         runs.append(SolverRun(label, name, opts, run_grid))
     return runs
 
@@ -216,9 +211,7 @@ def run_study(
     if n_ref < 16:
         raise ValueError(f"n_reference={n_reference!r} must be >= 16")
     sde = VPSDE(LinearVP()) if sde is None else sde
-    t_end = float(sde.default_t_end if t_end is None else t_end)
-    if not 0 < t_end < float(sde.T):
-        raise ValueError(f"t_end={t_end!r} must lie in (0, T={float(sde.T)})")
+    t_end = check_t_end(sde, t_end)
 
     from tqdm.auto import tqdm
 
