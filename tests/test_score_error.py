@@ -71,3 +71,17 @@ def test_check_cli_score_error(tmp_path, capsys):
     assert rc == 0
     assert "crossover NFE" in capsys.readouterr().out
     assert main(["check", "--score-error", "bias", "--no-plot", "--out", str(tmp_path)]) == 2
+
+
+def test_crossover_is_where_stochastic_stays_ahead():
+    from types import SimpleNamespace as R
+
+    errors = {10: (1.0, 0.5), 20: (1.0, 2.0), 40: (1.0, 0.5), 80: (1.0, 0.4)}  # (ode, sde)
+    records = [
+        R(target="t", nfe_budget=b, kind=k, error=e[i], solver=k)
+        for b, e in errors.items()
+        for i, k in enumerate(("ode", "sde"))
+    ]
+    assert crossovers(R(targets=["t"], records=records)) == {"t": 40}
+    records = [r for r in records if not (r.nfe_budget == 80 and r.kind == "sde")]
+    assert crossovers(R(targets=["t"], records=records)) == {"t": None}

@@ -9,7 +9,7 @@ alpha_t`` the noise level, and errors are stated in the noise prediction ``eps =
 * ``lownoise``: ``Delta eps = d sin(x) / sqrt(sigma~)``, an error that grows at low noise.
 
 ``sin`` acts elementwise; none of them vanishes where the data lie. The crossover NFE of a
-study is the smallest budget at which the best stochastic sampler beats the best ODE sampler.
+study is the smallest budget from which on the best stochastic sampler beats the best ODE one.
 """
 
 from __future__ import annotations
@@ -65,13 +65,13 @@ def perturb_score(score_fn: ScoreFn, sde: Any, kind: str, size: float) -> ScoreF
 
 
 def crossovers(result: Any) -> dict[str, int | None]:
-    """Per target, the smallest NFE budget at which the best ``sde`` solver's error is below the
-    best ``ode`` solver's (``None`` if it never is within the study's budgets)."""
+    """Per target, the smallest NFE budget from which on (at it and every larger budget of the
+    study) the best ``sde`` solver's error is below the best ``ode`` solver's; ``None`` if none."""
     out: dict[str, int | None] = {}
     for target in result.targets:
         rows = [r for r in result.records if r.target == target]
         out[target] = None
-        for budget in sorted({r.nfe_budget for r in rows}):
+        for budget in sorted({r.nfe_budget for r in rows}, reverse=True):
             best = {
                 kind: min(
                     (r.error for r in rows if r.nfe_budget == budget and r.kind == kind),
@@ -79,9 +79,9 @@ def crossovers(result: Any) -> dict[str, int | None]:
                 )  # fmt: skip
                 for kind in ("ode", "sde")
             }
-            if best["sde"] < best["ode"]:
-                out[target] = budget
+            if not best["sde"] < best["ode"]:
                 break
+            out[target] = budget
     return out
 
 
