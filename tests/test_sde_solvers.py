@@ -25,6 +25,8 @@ from scoresde.accuracy import (
     gaussian_flow_map,
     gaussian_w2,
 )
+from solvers.restart import main_times
+from solvers.sampling import SolverContext
 
 GAUSS = Gaussian(
     torch.tensor([1.0, -0.5, 0.3]),
@@ -115,6 +117,13 @@ def test_ddim_eta_one_is_the_ancestral_step_and_converges_to_the_reverse_sde():
         solvers.sample(sde, score, shape=(2, 3), solver="ddim", steps=4, eta=1.5)
 
 
+def _main_grid(sde, steps: int, restart_steps: int) -> torch.Tensor:
+    """Restart's main path for ``steps`` Heun steps in all (its own :func:`main_times`)."""
+    grid = time_grid("karras", sde, steps, float(sde.T), float(sde.default_t_end))
+    ctx = SolverContext(sde, lambda x, t: x, grid, None, None, False)
+    return torch.tensor(main_times(ctx, 2, restart_steps)[0], dtype=torch.float64)
+
+
 def _restart_law(sde, grid, s_min, s_max, restarts):
     """Exact law of Restart with exact flows: flow T -> t_a, ``restarts`` x (exact forward
     kernel t_a -> t_b, flow t_b -> t_a), flow t_a -> t_end."""
@@ -147,8 +156,7 @@ def test_restart_converges_at_second_order_to_its_exact_law(sde_name):
     errors = []
     for n in STEPS:
         opts = dict(s_min=0.06, s_max=0.3, restarts=2, restart_steps=n // 10)
-        grid = time_grid("karras", sde, n, float(sde.T), float(sde.default_t_end))
-        ref = _restart_law(sde, grid, 0.06, 0.3, 2)
+        ref = _restart_law(sde, _main_grid(sde, n, n // 10), 0.06, 0.3, 2)
         out = exact_output_moments(sde, GAUSS.score_fn(sde), 3, "restart", n, denoise=False, **opts)
         errors.append(_error(*out, *ref))
     # the restart intervals refined with the main grid (fixed ones leave an error floor)
@@ -159,10 +167,12 @@ def test_restart_converges_at_second_order_to_its_exact_law(sde_name):
 def test_restart_counts_its_evaluations_and_checks_options():
     sde = SDES["VP"]
     score = GAUSS.score_fn(sde)
-    _, st = solvers.sample(sde, score, shape=(4, 3), solver="restart", steps=10)
-    assert st.nfe == 2 * (10 + 2 * 3) + 1
-    _, st = solvers.sample(sde, score, shape=(4, 3), solver="restart", steps=10, restarts=0)
-    assert st.nfe == 21
+    calls = []
+    for opts in ({}, {"restarts": 0}, {"restarts": 5}):
+        _, st = solvers.sample(sde, score, shape=(4, 3), solver="restart", steps=10,
+                               noise_fn=lambda x: calls.append(1) or torch.zeros_like(x), **opts)  # fmt: skip
+        assert st.nfe == 21
+    assert len(calls) == 2 + 0 + 3  # 5 restarts of 3 steps do not fit in 10: 3 do
     with pytest.raises(ValueError, match="s_max"):
         solvers.sample(sde, score, shape=(2, 3), solver="restart", steps=4, s_max=0.01)
 

@@ -47,7 +47,7 @@ STEPS = {
     "ode_heun": 50,
     "ode_rk4": 25,
     "predictor_corrector": 100,
-    "restart": 25,
+    "restart": 50,  # every Heun step, the 6 of the restarts included
     "sa_solver": 50,
     "sde_adaptive": 100,  # a first-step hint only
     "torchsde_euler": 100,
