@@ -78,7 +78,9 @@ def _check(name: str, v: float, integer: bool = False) -> None:
     "restart",
     kind="sde",
     order=2.0,
-    evals_per_step=2,
+    evals_per_step=None,
+    adaptive=True,
+    affine=True,
     default_grid="karras",
     options={"s_min": 0.06, "s_max": 0.30, "restarts": 2, "restart_steps": 3},
     reference="Xu et al. 2023, Restart sampling (arXiv:2306.14878), Algorithm 1",
@@ -98,7 +100,9 @@ def restart(
     main time ``t_a`` with ``sigma~(t_a) <= s_min``, ``restarts`` times: jump forward with the
     exact kernel ``x~ <- x~ + sqrt(sigma~_b^2 - sigma~_a^2) z`` to ``t_b`` with
     ``sigma~(t_b) = s_max``, then integrate back to ``t_a`` with ``restart_steps`` Heun steps
-    uniform in log-SNR. Two evaluations per step. For an exact ODE the restarts leave
+    uniform in log-SNR. NFE ``2 steps + 1``. Registered as adaptive (``evals_per_step=None``):
+    its path leaves the caller's grid, so it takes no ``before_step`` hook and no fixed-step
+    budget in the harness; it stays affine. For an exact ODE the restarts leave
     ``p_{t_a}`` invariant and contract errors in the law (the forward noise is a contraction in
     total variation). Order 2, the order of Heun.
     """

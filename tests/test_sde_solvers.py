@@ -188,33 +188,21 @@ def test_sde_adaptive_reports_steps_and_reuses_the_noise_on_rejection():
         return z
 
     gen = torch.Generator().manual_seed(0)
-    x, st = solvers.sample(
-        sde,
-        score,
-        shape=(64, 3),
-        solver="sde_adaptive",
-        dtype=torch.float64,
-        generator=torch.Generator().manual_seed(1),
-        noise_fn=noise,
-        rtol=0.02,
-        atol=0.005,
-    )
+
+    def run(**opts):
+        return solvers.sample(
+            sde, score, shape=(64, 3), solver="sde_adaptive", dtype=torch.float64,
+            generator=torch.Generator().manual_seed(1), **opts,
+        )  # fmt: skip
+
+    x, st = run(noise_fn=noise, rtol=0.02, atol=0.005)
     assert torch.isfinite(x).all()
     assert st.accepted > 10 and st.rejected >= 1 and st.grid is None
     assert st.nfe == 2 * st.steps + 1
     # one fresh draw per attempt after which some sample was accepted, never more
     assert len(draws) <= st.steps
     # tighter tolerances take more steps
-    _, tight = solvers.sample(
-        sde,
-        score,
-        shape=(64, 3),
-        solver="sde_adaptive",
-        dtype=torch.float64,
-        generator=torch.Generator().manual_seed(1),
-        rtol=0.005,
-        atol=0.001,
-    )
+    _, tight = run(rtol=0.005, atol=0.001)
     assert tight.accepted > 1.5 * st.accepted
     with pytest.raises(ValueError, match="rtol=-1"):
         solvers.sample(sde, score, shape=(2, 3), solver="sde_adaptive", rtol=-1)
