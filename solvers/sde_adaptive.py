@@ -52,7 +52,10 @@ def sde_adaptive(
     never redrawn until the step is accepted, so rejection does not select easy noise. The first
     step is ``T - t_1`` of the grid (``steps`` is a hint). Two evaluations per attempt, the
     whole batch evaluated together; ``stats.accepted`` and ``stats.rejected`` are per-sample
-    means. Weak order 1 (the accepted value is the improved-Euler one).
+    means. Weak order 1 (the accepted value is the improved-Euler one). Known limitation: the
+    rescaled reuse of ``z`` makes the accepted step size depend on ``z``, which biases the law
+    where ``g`` varies fast (VE: covariance ~8% too large at ``rtol=0.01``, BENCHMARKS.md);
+    a Brownian-bridge split of the rejected increment would remove it.
     """
     for name, v in (("rtol", rtol), ("atol", atol), ("safety", safety), ("exponent", exponent)):
         _positive(name, v)
