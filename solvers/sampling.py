@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -15,10 +16,12 @@ from tqdm.auto import tqdm
 from schedules.parametrization import tweedie_denoise
 
 from .protocol import DiffusionProcess, ScoreFn, pf_velocity
+from .registry import get
 from .resolve import resolve
 
 Callback = Callable[[int, float, Tensor], None]
 StepHook = Callable[[Tensor, float], Tensor]
+DEFAULT_STEPS = 100
 
 
 class NonFiniteScoreError(FloatingPointError):
@@ -116,7 +119,6 @@ class SolverContext:
         self.rejected: float | None = None
         self._pbar = tqdm(total=len(self.times) - 1, disable=not progress, leave=False)
         self._pending: list[tuple[Tensor, int, float]] = []  # deferred finiteness checks (GPU)
-        self._checked_shape = False
         self._grid_coefs: Coefficients | None = None
 
     # -- stepping -----------------------------------------------------------------------------
@@ -163,9 +165,12 @@ class SolverContext:
 
     # -- score --------------------------------------------------------------------------------
     def score(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """``score_fn(x, t * ones(B))``; counts NFE and detects NaN/Inf.
+        """``score_fn(x, t * ones(B))`` in ``x``'s dtype; counts NFE, checks the shape on every
+        call and detects NaN/Inf.
 
-        ``t`` may also be a per-sample tensor of shape ``(B,)`` (solvers with per-sample steps).
+        The state keeps its dtype: a score of another precision is cast to ``x.dtype`` here, once
+        for every solver. ``t`` may also be a per-sample tensor of shape ``(B,)`` (solvers with
+        per-sample steps).
         """
         if isinstance(t, Tensor):
             tvec = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
@@ -173,11 +178,14 @@ class SolverContext:
             tvec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         out = self.score_fn(x, tvec)
         self.nfe += 1
-        if not self._checked_shape:
-            if not isinstance(out, Tensor) or out.shape != x.shape:
-                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(f"score_fn returned {got}; expected shape {tuple(x.shape)}")
-            self._checked_shape = True
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"score_fn returned {got} at step {self.step} (t={float(tvec[0]):.6g}); expected the "
+                f"state's shape {tuple(x.shape)}"
+            )
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
         if out.device.type == "cpu":
             # a NaN or Inf makes the sum non-finite; one reduction pass is far cheaper than
             # isfinite(out).all() (an elementwise tensor, then a reduction), which then only
@@ -274,7 +282,7 @@ def sample(
     shape: Sequence[int] | None = None,
     x_T: Tensor | None = None,
     solver: str = "euler_maruyama",
-    steps: int = 100,
+    steps: int | None = None,
     grid: str | Tensor | Sequence[float] | None = None,
     t_end: float | None = None,
     denoise: bool = True,
@@ -295,7 +303,10 @@ def sample(
         shape: batch-first shape of the samples, when ``x_T`` is not given.
         x_T: the starting state (default: drawn from the prior with ``generator``).
         solver: a registered solver name (see ``solvers.available()``).
-        steps: number of steps (adaptive solvers take it as a hint or ignore it).
+        steps: number of steps (default 100). Adaptive solvers (``ode_adaptive``, the torchsde
+            solvers with ``adaptive=True``, any ``SolverSpec.adaptive``) choose their own steps
+            from their tolerances: ``steps`` only sets their first trial step, and passing it
+            warns (``stats.steps`` reports the steps they took).
         grid: a grid name (``uniform``, ``quadratic``, ``karras``, ``log_snr``), an explicit
             decreasing sequence of times, or ``None`` for the solver's default grid.
         t_end: truncation time (default ``sde.default_t_end``: 1e-3 VP/sub-VP, 1e-5 VE).
@@ -321,6 +332,14 @@ def sample(
     Returns:
         ``(samples, stats)`` with :class:`SampleStats` (NFE, steps, wall time).
     """
+    spec = get(solver)
+    if steps is not None and (spec.adaptive or {**spec.options, **options}.get("adaptive") is True):
+        warnings.warn(
+            f"solver {solver!r} chooses its own steps from rtol/atol; steps={steps} only sets "
+            "its first trial step (stats.steps reports the steps taken)",
+            stacklevel=2,
+        )
+    steps = DEFAULT_STEPS if steps is None else steps
     plan = resolve(sde, solver, steps, grid, t_end, options)
     spec, t_end = plan.spec, plan.t_end
     if before_step is not None and spec.adaptive:
@@ -338,7 +357,11 @@ def sample(
             raise ValueError(f"shape={tuple(shape)} does not match x_T.shape={tuple(x_T.shape)}")
         if x_T.dim() < 1:
             raise ValueError("x_T must have a batch dimension")
+        if not x_T.is_floating_point():
+            raise ValueError(f"x_T has dtype {x_T.dtype}; expected a floating-point tensor")
         x = x_T
+    if x.shape[0] == 0:
+        raise ValueError(f"the batch is empty (state shape {tuple(x.shape)}); expected >= 1 sample")
 
     grid_t = plan.grid
     ctx = SolverContext(sde, score_fn, grid_t, generator, callback, progress, noise_fn, before_step)

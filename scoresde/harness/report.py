@@ -140,7 +140,7 @@ class StudyResult:
             lines.append(f"{name}: {s.description}")
             metric_name = s.metric if metric == "error" else metric
             lines.append(f"  {metric_name} ({s.method}); floors: {floors}")
-            width = max(14, *(len(r.solver) for r in rows)) + 2
+            width = max([14, *(len(r.solver) for r in rows)]) + 2
             head = "  " + "NFE".ljust(width) + "".join(str(b).rjust(10) for b in budgets)
             lines.append(head + "   order (declared)")
             for solver in dict.fromkeys(r.solver for r in rows):
@@ -183,7 +183,7 @@ class StudyResult:
         orders = self.orders()
         targets = list(self.targets)
         solvers_ = list(dict.fromkeys(o["solver"] for o in orders))
-        width = max(14, *(len(s) for s in solvers_)) + 2
+        width = max([14, *(len(s) for s in solvers_)]) + 2
         tw = [max(10, len(t) + 2) for t in targets]
         lines = [
             "Empirical order (-slope of log error vs log NFE)",

@@ -213,6 +213,20 @@ def run_study(
     sde = VPSDE(LinearVP()) if sde is None else sde
     t_end = check_t_end(sde, t_end)
 
+    # budgets that cannot pay for one step are skipped, and listed in settings["skipped"]
+    min_nfe = {r.label: int(_solvers.get(r.name).evals_per_step) + int(denoise) for r in runs}
+    skipped = [
+        {"solver": r.label, "nfe": b, "min_nfe": min_nfe[r.label]}
+        for r in runs
+        for b in budgets
+        if b < min_nfe[r.label]
+    ]
+    if len(skipped) == len(runs) * len(budgets):
+        need = ", ".join(f"{label} needs NFE >= {n}" for label, n in min_nfe.items())
+        raise ValueError(
+            f"no NFE budget in {budgets} pays for one step plus the denoising evaluation: {need}"
+        )
+
     from tqdm.auto import tqdm
 
     if score_error is not None:
@@ -284,6 +298,7 @@ def run_study(
         "score_error": None if score_error is None else f"{score_error[0]}:{score_error[1]}",
         "nfe_convention": "NFE budget counts every score evaluation including the final "
         "denoising step; steps = floor((NFE - 1) / evals_per_step)",
+        "skipped": skipped,
     }
     return StudyResult(records, summaries, settings, kept, dict(tmap))
 

@@ -119,6 +119,9 @@ class ScoreModel(nn.Module):
     ) -> Tensor:
         """The raw prediction (of kind ``self.prediction``) at ``x = x_t``, in ``x``'s dtype.
 
+        The net is evaluated in its parameters' dtype (the input is cast to it), so a float32
+        model scores a float64 state; outside autocast only.
+
         ``alpha`` and ``sigma`` (``(B,)``) may be passed when the caller has them already
         (the losses do), saving a second ``sde.marginal`` evaluation.
         """
@@ -132,7 +135,14 @@ class ScoreModel(nn.Module):
         sigma = sigma.to(alpha)
         c_in = torch.rsqrt(alpha**2 * self.sigma_data**2 + sigma**2)
         c_noise = self.noise_feature(t.to(alpha.dtype), alpha, sigma)
-        pred = self.net(x * broadcast_to(c_in, x), c_noise, y)
+        x_in = x * broadcast_to(c_in, x)
+        # the net runs in its parameters' precision whatever the state's (a float64 sampling
+        # state with a float32 net); the prediction comes back in x's dtype below
+        weight = next(self.net.parameters(), None)
+        if weight is not None and weight.is_floating_point() and weight.dtype != x_in.dtype:
+            if not torch.is_autocast_enabled(x.device.type):
+                x_in, c_noise = x_in.to(weight.dtype), c_noise.to(weight.dtype)
+        pred = self.net(x_in, c_noise, y)
         if pred.shape != x.shape:
             raise ValueError(
                 f"the network returned shape {tuple(pred.shape)}; expected {tuple(x.shape)}"
