@@ -240,3 +240,18 @@ def test_reversible_heun_warns_on_coarse_grids():
         solvers.sample(
             sde, GAUSS.score_fn(sde), shape=(2, 3), solver="torchsde_reversible_heun", steps=5
         )
+
+
+def test_restart_spends_the_steps_it_is_given_without_an_adaptive_warning():
+    """restart is registered adaptive (its path leaves the grid) but takes exactly `steps` Heun
+    steps: the "steps only sets the first trial step" warning of tolerance-driven solvers would
+    be false for it."""
+    import warnings
+
+    sde = SDES["VP"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _, st = solvers.sample(sde, GAUSS.score_fn(sde), shape=(2, 3), solver="restart", steps=7)
+    assert st.nfe == 2 * 7 + 1
+    with pytest.warns(UserWarning, match="first trial step"):
+        solvers.sample(sde, GAUSS.score_fn(sde), shape=(2, 3), solver="ode_adaptive", steps=7)
