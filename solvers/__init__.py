@@ -20,8 +20,11 @@ from schedules.parametrization import PREDICTIONS, convert, from_eps, to_eps, tw
 
 from . import (  # noqa: F401  (registers the built-in solvers)
     exponential,
+    exponential_sde,
     multistep,
     ode_solvers,
+    restart,
+    sde_adaptive,
     sde_solvers,
     torchsde_solvers,
 )

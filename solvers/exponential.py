@@ -27,20 +27,30 @@ def _x0(ctx: SolverContext, x: Tensor, t: float, alpha: float, sigma: float) -> 
     order=1.0,
     evals_per_step=1,
     default_grid="uniform",
-    reference="Song, Meng & Ermon 2021 (DDIM, eta = 0) = Lu et al. 2022 (DPM-Solver-1)",
+    options={"eta": 0.0},
+    reference="Song, Meng & Ermon 2021 (DDIM, eq. 12 and 16) = Lu et al. 2022 (DPM-Solver-1)",
 )
-def ddim(ctx: SolverContext, x: Tensor) -> Tensor:
-    """DDIM (deterministic) = DPM-Solver-1, the exponential integrator of the PF-ODE. Order 1:
+def ddim(ctx: SolverContext, x: Tensor, eta: float = 0.0) -> Tensor:
+    """DDIM; with ``eta = 0`` DPM-Solver-1, the exponential integrator of the PF-ODE. Order 1:
 
     ``x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) x0(x_t, t)``, equivalently
-    ``x_s = (alpha_s / alpha_t) x_t - sigma_s (e^h - 1) eps_hat``.
+    ``x_s = (alpha_s / alpha_t) x_t - sigma_s (e^h - 1) eps_hat``. With ``eta > 0``
+    (stochastic; ``eta = 1`` is the ancestral step with the posterior variance ``var``):
+    ``std = eta sqrt(var)``, ``x_s = alpha_s x0 + sqrt(sigma_s^2 - std^2) eps_hat + std z``,
+    ``eps_hat = (x_t - alpha_t x0) / sigma_t``.
     """
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
+        raise ValueError(f"eta={eta!r} must be a number in [0, 1] (0: ODE, 1: ancestral)")
     c = ctx.coefficients()
+    var = ctx.posteriors()[2] if eta > 0 else [0.0] * (len(c.t) - 1)
     for i, (t, _s) in enumerate(ctx.steps()):
         x = ctx.before_step(x, t)
-        h = c.log_snr[i + 1] - c.log_snr[i]
+        std = eta * math.sqrt(var[i])
+        keep = math.sqrt(max(c.sigma[i + 1] ** 2 - std**2, 0.0)) / c.sigma[i]  # on x_t
         x0 = _x0(ctx, x, t, c.alpha[i], c.sigma[i])
-        x = x0.mul_(-c.alpha[i + 1] * math.expm1(-h)).add_(x, alpha=c.sigma[i + 1] / c.sigma[i])
+        x = x0.mul_(c.alpha[i + 1] - keep * c.alpha[i]).add_(x, alpha=keep)
+        if std > 0.0:
+            x.add_(ctx.noise_like(x), alpha=std)
         ctx.done(x)
     return x
 

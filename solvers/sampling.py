@@ -39,6 +39,9 @@ class SampleStats:
         solver: the solver's registry name.
         grid: the float64 time grid used (``None`` for adaptive solvers that choose their own).
         t_end: the truncation time.
+        accepted, rejected: for solvers with error control that report them (``sde_adaptive``),
+            the accepted and rejected steps per sample, averaged over the batch; ``None``
+            otherwise.
     """
 
     nfe: int
@@ -47,6 +50,8 @@ class SampleStats:
     solver: str
     grid: Tensor | None
     t_end: float
+    accepted: float | None = None
+    rejected: float | None = None
 
 
 class SampleResult(NamedTuple):
@@ -110,6 +115,8 @@ class SolverContext:
         self.step = 0
         self.t = self.times[0]
         self.steps_taken = 0
+        self.accepted: float | None = None  # set by solvers with error control
+        self.rejected: float | None = None
         self._pbar = tqdm(total=len(self.times) - 1, disable=not progress, leave=False)
         self._pending: list[tuple[Tensor, int, float]] = []  # deferred finiteness checks (GPU)
         self._grid_coefs: Coefficients | None = None
@@ -157,20 +164,24 @@ class SolverContext:
         self._pbar.close()
 
     # -- score --------------------------------------------------------------------------------
-    def score(self, x: Tensor, t: float) -> Tensor:
+    def score(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``score_fn(x, t * ones(B))`` in ``x``'s dtype; counts NFE, checks the shape on every
         call and detects NaN/Inf.
 
         The state keeps its dtype: a score of another precision is cast to ``x.dtype`` here, once
-        for every solver.
+        for every solver. ``t`` may also be a per-sample tensor of shape ``(B,)`` (solvers with
+        per-sample steps).
         """
-        tvec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        if isinstance(t, Tensor):
+            tvec = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+        else:
+            tvec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         out = self.score_fn(x, tvec)
         self.nfe += 1
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
-                f"score_fn returned {got} at step {self.step} (t={float(t):.6g}); expected the "
+                f"score_fn returned {got} at step {self.step} (t={float(tvec[0]):.6g}); expected the "
                 f"state's shape {tuple(x.shape)}"
             )
         if out.dtype != x.dtype:
@@ -181,9 +192,11 @@ class SolverContext:
             # confirms (a finite sum may overflow)
             acc = None if out.dtype in (torch.float32, torch.float64) else torch.float32
             if not math.isfinite(float(out.sum(dtype=acc))) and not bool(torch.isfinite(out).all()):
-                self._raise_nonfinite(self.step, t)
+                bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+                self._raise_nonfinite(self.step, float(tvec[bad.nonzero()[0, 0]]))
         else:  # no device sync on the hot path: checked once at the end
-            self._pending.append((torch.isfinite(out).all(), self.step, float(t)))
+            t_at = float(tvec[0]) if isinstance(t, Tensor) else float(t)
+            self._pending.append((torch.isfinite(out).all(), self.step, t_at))
         return out
 
     def _raise_nonfinite(self, step: int, t: float) -> None:
@@ -320,7 +333,11 @@ def sample(
         ``(samples, stats)`` with :class:`SampleStats` (NFE, steps, wall time).
     """
     spec = get(solver)
-    if steps is not None and (spec.adaptive or {**spec.options, **options}.get("adaptive") is True):
+    merged = {**spec.options, **options}
+    # tolerance-driven solvers pick their own steps; restart is registered adaptive (its path
+    # leaves the grid) but spends exactly `steps` Heun steps, so it gets no warning
+    tolerance_driven = "rtol" in merged and (spec.adaptive or merged.get("adaptive") is True)
+    if steps is not None and tolerance_driven:
         warnings.warn(
             f"solver {solver!r} chooses its own steps from rtol/atol; steps={steps} only sets "
             "its first trial step (stats.steps reports the steps taken)",
@@ -385,5 +402,7 @@ def sample(
         solver=solver,
         grid=None if spec.adaptive else grid_t,
         t_end=t_end,
+        accepted=ctx.accepted,
+        rejected=ctx.rejected,
     )
     return SampleResult(x, stats)

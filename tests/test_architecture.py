@@ -113,7 +113,7 @@ def test_one_resolver_checks_every_sampling_call() -> None:
     assert plan.t_end == 0.1
     for call, match in [
         (lambda: resolve(sde, "nope", 4), "available solvers"),
-        (lambda: resolve(sde, "ddim", 4, options={"eta": 1}), r"unknown option\(s\) \['eta'\]"),
+        (lambda: resolve(sde, "ddim", 4, options={"bogus": 1}), r"unknown option\(s\) \['bogus'\]"),
         (lambda: resolve(sde, "ddim", 0), "steps=0"),
         (lambda: resolve(sde, "ddim", 4, t_end=1.5), r"t_end=1.5 must lie in \(0, T=1.0\)"),
         (lambda: resolve(sde, "ddim", 4, grid=[0.5, 0.7]), "strictly decreasing"),

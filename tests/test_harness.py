@@ -216,7 +216,7 @@ def test_solver_variants_compare_grids_and_options():
     assert by["dpm++ uniform"].error != by["dpm++ log_snr"].error
     assert result.settings["solver_grids"]["dpm++ log_snr"] == "log_snr"
     with pytest.raises(ValueError, match="unknown option"):
-        run_study({"x": ("ddim", {"eta": 1.0})}, ["gaussian_iso_2d"], [8])
+        run_study({"x": ("ddim", {"bogus": 1.0})}, ["gaussian_iso_2d"], [8])
 
 
 def test_builtin_targets_are_well_formed():
@@ -296,7 +296,7 @@ def test_cli_check_runs_and_writes_files(tmp_path, capsys):
     [
         (["--solvers", "nope"], "available solvers: .*ddim"),
         (["--target", "nope"], "available targets: .*ring_2d"),
-        (["--solvers", "ddim:eta=1"], "unknown option"),
+        (["--solvers", "ddim:bogus=1"], "unknown option"),
         (["--solvers", "ddim:eta"], "expected NAME:OPTION=VALUE"),
         (["--sde", "nope"], "available: .*VPSDE"),
         (["--solvers", "ode_adaptive"], "adaptive"),

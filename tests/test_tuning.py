@@ -124,7 +124,7 @@ def test_tune_grid_rejects_bad_input():
     with pytest.raises(ValueError, match="adaptive"):
         tune_grid(SDE, score, "ode_adaptive", 10, (16, 2))
     with pytest.raises(ValueError, match="unknown option"):
-        tune_grid(SDE, score, "ddim", 10, (16, 2), eta=1.0)
+        tune_grid(SDE, score, "ddim", 10, (16, 2), bogus=1.0)
     with pytest.raises(ValueError, match="unknown solver"):
         tune_grid(SDE, score, "nope", 10, (16, 2))
     with pytest.raises(ValueError, match="max_runs"):

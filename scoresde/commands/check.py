@@ -91,6 +91,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=1024,
         help="probe batch size for --tuned (default: %(default)s)",
     )
+    p.add_argument(
+        "--score-error",
+        default=None,
+        metavar="KIND:SIZE",
+        help="sample with an imperfect score: scale, bias or lownoise (e.g. scale:0.1); adds the "
+        "exponential SDE samplers to the default solvers and reports the NFE at which "
+        "stochastic samplers overtake ODE ones",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list solvers and targets, then exit")
@@ -190,7 +198,16 @@ def _check_ckpt(args: argparse.Namespace, fail: Any) -> int:
 def run(args: argparse.Namespace) -> int:
     import solvers
 
-    from ..harness import TARGETS, fixed_step_solvers, run_study
+    from ..harness import (
+        DEFAULT_SOLVERS,
+        SCORE_ERROR_SOLVERS,
+        TARGETS,
+        crossover_table,
+        crossovers,
+        fixed_step_solvers,
+        parse_score_error,
+        run_study,
+    )
     from ..sde import SDES
 
     def fail(msg: str) -> int:
@@ -200,6 +217,11 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(_listing())
         return 0
+    if args.tuned and (args.ckpt or args.score_error is not None):
+        return fail(
+            "--tuned compares grids on the exact targets; it cannot be combined with "
+            "--ckpt or --score-error"
+        )
     if args.ckpt:
         return _check_ckpt(args, fail)
     try:
@@ -220,6 +242,11 @@ def run(args: argparse.Namespace) -> int:
         if args.sde not in SDES:
             raise ValueError(f"unknown SDE {args.sde!r}; available: {', '.join(SDES)}")
         sde = SDES[args.sde]()
+        score_error = None
+        if args.score_error is not None:
+            score_error = parse_score_error(args.score_error)
+            if chosen is None:
+                chosen = [*DEFAULT_SOLVERS, *SCORE_ERROR_SOLVERS]
     except ValueError as err:
         return fail(str(err))
 
@@ -238,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
                 t_end=args.t_end,
                 grid=args.grid,
                 progress=not args.quiet,
+                score_error=score_error,
             )
             if args.tuned:
                 from ._tuned import with_tuned_grids
@@ -254,6 +282,14 @@ def run(args: argparse.Namespace) -> int:
         )
     print(result.table())
     print(result.orders_table())
+    title = None
+    if score_error is not None:
+        print(f"\nScore error {args.score_error}: best ODE against best stochastic sampler")
+        print(crossover_table(result))
+        cross = crossovers(result)
+        title = f"score error {args.score_error}; stochastic overtakes ODE at NFE " + ", ".join(
+            f"{t}: {'none' if b is None else b}" for t, b in cross.items()
+        )
     os.makedirs(args.out, exist_ok=True)
     written = [
         result.to_csv(os.path.join(args.out, "results.csv")),
@@ -261,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if not args.no_plot:
         try:
-            written.append(result.plot(os.path.join(args.out, "error_vs_nfe.png")))
+            written.append(result.plot(os.path.join(args.out, "error_vs_nfe.png"), title))
             for t in result.targets:
                 if any(k[1] == t for k in result.samples):
                     written.append(

@@ -56,12 +56,21 @@ The package, one job per module (data flows one way, top to bottom):
 * :mod:`.metrics`: Bures W2, sliced W2, mode errors, the order fit;
 * :mod:`.moments`: exact moment propagation through affine solvers (Gaussian targets);
 * :mod:`.study`: resolving the solvers and budgets, and running the study;
+* :mod:`.score_error`: imperfect scores and the stochastic-vs-ODE crossover;
 * :mod:`.report`: records, summaries, tables, CSV / JSON; :mod:`.plots`: the figures.
 """
 
 from .metrics import fit_order, gaussian_w2, mode_errors, per_mode_w2, sliced_w2
 from .moments import exact_output_moments, exact_solution_moments, gaussian_flow_map
 from .report import CSV_FIELDS, Record, StudyResult, TargetSummary, solver_table
+from .score_error import (
+    SCORE_ERROR_SOLVERS,
+    SCORE_ERRORS,
+    crossover_table,
+    crossovers,
+    parse_score_error,
+    perturb_score,
+)
 from .study import (
     DEFAULT_NFES,
     DEFAULT_SOLVERS,
@@ -78,12 +87,16 @@ __all__ = [
     "DEFAULT_NFES",
     "DEFAULT_SOLVERS",
     "DEFAULT_TARGETS",
+    "SCORE_ERRORS",
+    "SCORE_ERROR_SOLVERS",
     "TARGETS",
     "Record",
     "SolverRun",
     "StudyResult",
     "TargetInfo",
     "TargetSummary",
+    "crossover_table",
+    "crossovers",
     "default_solvers",
     "exact_output_moments",
     "exact_solution_moments",
@@ -93,7 +106,9 @@ __all__ = [
     "gaussian_w2",
     "get_target",
     "mode_errors",
+    "parse_score_error",
     "per_mode_w2",
+    "perturb_score",
     "run_study",
     "sliced_w2",
     "solver_table",

@@ -28,6 +28,7 @@ from ..targets import GaussianMixture
 from . import moments
 from .metrics import _empirical_moments, gaussian_w2, mode_errors, sliced_w2
 from .report import Record, StudyResult, TargetSummary, _nz
+from .score_error import perturb_score
 from .targets import DEFAULT_TARGETS, TARGETS, _resolve_targets, stratified_sample
 
 DEFAULT_NFES = (10, 20, 40, 80, 160)
@@ -159,6 +160,7 @@ def run_study(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    score_error: tuple[str, float] | None = None,
 ) -> StudyResult:
     """Measure each solver's error against each exact target at each NFE budget.
 
@@ -189,6 +191,10 @@ def run_study(
         dtype, device: where and in what precision to sample (float64 by default: the harness
             measures errors down to 1e-6 and below).
         progress: show a progress bar over the (solver, target, NFE) runs.
+        score_error: ``(kind, size)`` replaces the exact score by an imperfect one
+            (:func:`scoresde.harness.score_error.perturb_score`); the errors are still against
+            the exact target. Exact moment propagation only for ``scale`` (the others are not
+            affine in ``x``).
 
     Returns:
         A :class:`StudyResult` (``.table()``, ``.orders()``, ``.to_csv()``, ``.to_json()``,
@@ -223,6 +229,10 @@ def run_study(
 
     from tqdm.auto import tqdm
 
+    if score_error is not None:
+        kind, size = score_error
+        perturb_score(lambda x, t: x, sde, kind, size)  # checks the kind
+        exact = exact and kind == "scale"
     total = len(runs) * len(tmap) * len(budgets)
     bar = tqdm(total=total, disable=not progress, desc="scoresde check", unit="run")
     records: list[Record] = []
@@ -233,6 +243,8 @@ def run_study(
             ctx = _TargetContext(
                 tname, target, sde, t_end, denoise, seed, n_samples, n_ref, n_projections, dtype
             )
+            if score_error is not None:
+                ctx.score_fn = perturb_score(ctx.score_fn, sde, *score_error)
             summaries[tname] = ctx.summary(runs, exact)
             x_T = None
             for run in runs:
@@ -283,6 +295,7 @@ def run_study(
         "dtype": str(dtype).replace("torch.", ""),
         "solver_options": {r.label: r.options for r in runs if r.options},
         "solver_grids": {r.label: r.grid or "solver default" for r in runs},
+        "score_error": None if score_error is None else f"{score_error[0]}:{score_error[1]}",
         "nfe_convention": "NFE budget counts every score evaluation including the final "
         "denoising step; steps = floor((NFE - 1) / evals_per_step)",
         "skipped": skipped,
