@@ -103,3 +103,61 @@ def test_two_gloo_ranks_merge_to_the_one_process_run(ckpt, tmp_path):
     np.testing.assert_array_equal(
         np.load(tmp_path / "two" / "samples.npy"), np.load(tmp_path / "one" / "samples.npy")
     )
+
+
+def test_sample_cli_reports_a_nan_score_without_a_traceback(ckpt, tmp_path, monkeypatch, capsys):
+    """#13.2 for `sample`: a score that turns NaN ends with exit 2 and the step's time, not a
+    FloatingPointError traceback."""
+    import solvers
+    from scoresde.cli import main
+
+    real = solvers.sample
+
+    def nan_score_sample(sde, score_fn, **kw):
+        return real(sde, lambda x, t: score_fn(x, t) * float("nan"), **kw)
+
+    monkeypatch.setattr(solvers, "sample", nan_score_sample)
+    out = tmp_path / "s"
+    code = main(
+        [
+            "sample",
+            "--ckpt",
+            ckpt,
+            "--n",
+            "8",
+            "--solver",
+            "ddim",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "NaN or Inf" in err and "t=" in err and "Traceback" not in err
+
+
+def test_sample_cli_default_steps_do_not_trip_the_adaptive_warning(ckpt, tmp_path):
+    """`--steps` unset: fixed-step solvers take 500, tolerance-driven ones choose their own (no
+    "steps only sets the first trial step" warning on every run)."""
+    import warnings
+
+    from scoresde.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        code = main(
+            [
+                "sample",
+                "--ckpt",
+                ckpt,
+                "--n",
+                "4",
+                "--solver",
+                "ode_adaptive",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+    assert code == 0

@@ -28,15 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._args import nonneg_int, positive_float, positive_int
+from ._args import HelpFormatter, nonneg_int, plain, positive_float, positive_int
+
+DEFAULT_STEPS = 500
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sample",
         help="sample from a trained checkpoint (samples.npy + PNG)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--ckpt",
@@ -49,7 +51,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="a registered solver name (default: the --grid file's solver, else euler_maruyama)",
     )
-    p.add_argument("--steps", type=positive_int, default=500, help="solver steps")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help=f"solver steps (default: {DEFAULT_STEPS}; tolerance-driven solvers such as "
+        "ode_adaptive choose their own and take it as their first trial step)",
+    )
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
@@ -144,13 +152,25 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     times = getattr(args, "grid_times", None)
     grid = args.grid if times is None else times
     options = getattr(args, "grid_options", {})
+    steps = args.steps
+    if steps is None and not _tolerance_driven(args.solver, options):
+        steps = DEFAULT_STEPS
     return {
         "solver": args.solver,
-        "steps": args.steps,
+        "steps": steps,
         "grid": grid,
         "t_end": args.t_end,
         **options,
     }
+
+
+def _tolerance_driven(solver: str, options: dict[str, Any]) -> bool:
+    """Whether the solver picks its own steps from rtol/atol (``steps`` is then a first guess)."""
+    from solvers import get
+
+    spec = get(solver)
+    merged = {**spec.options, **options}
+    return "rtol" in merged and (spec.adaptive or merged.get("adaptive") is True)
 
 
 def _score_fn(args: argparse.Namespace, model: Any, score_fn: Any) -> Any:
@@ -257,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
             streaming.draw_chunks(args.out, sizes, draw, dist.rank, dist.world_size)
         except ValueError as err:
             return fail(f"{err} (solvers: {', '.join(available())})")
+        except FloatingPointError as err:  # NonFiniteScoreError: the finished chunks are kept
+            return fail(f"{err}; the chunks written so far are kept (--resume continues)")
         barrier(dist)
         if not dist.is_main:
             return 0
