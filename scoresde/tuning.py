@@ -22,6 +22,11 @@ improvement, else halve the step), at most ``max_runs`` cheap runs of the probe 
 The solver's own default grid competes too, so on the probe batch the tuned grid is never worse
 than the default.
 
+Stochastic solvers (``kind="sde"``) tune the same way: the reverse SDE and the probability-flow
+ODE share the marginals, so the ODE reference has the target law of the SDE run as well. Every
+candidate run draws its noise from a generator reseeded to the same seed (common random numbers),
+so candidates differ by their grid alone and the search is deterministic for a given generator.
+
 Grids save to and load from JSON with :func:`save_grid` / :func:`load_grid`; ``sample(...,
 grid=tensor)`` takes ``t_end`` from the grid's last time.
 """
