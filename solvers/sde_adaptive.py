@@ -23,6 +23,112 @@ def _positive(name: str, v: float) -> None:
         raise ValueError(f"{name}={v!r} must be a finite positive number")
 
 
+class BrownianStack:
+    """Per sample, the Brownian path already drawn ahead of ``t``: consecutive segments of
+    lengths ``lens[i, :n[i]]`` with increments ``incs[i, :n[i]]`` (rejection sampling with
+    memory, Rackauckas & Nie 2017).
+
+    :meth:`increment` returns ``W_h``, the increment over the next ``h``, consistent with the
+    stored path: the segment holding ``h`` (start ``c``, length ``L``, increment ``W``, ``u = h -
+    c``) is split by the Brownian bridge ``W_u = (u / L) W + sqrt(u (L - u) / L) z'`` into ``W_u``
+    and ``W - W_u``; past the stored path a fresh ``sqrt(h - total) z'`` extends it. A rejected
+    step keeps the refined path, so the retry reuses exactly the noise it was rejected on;
+    :meth:`accept` drops the segments the accepted step consumed.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        b = x.shape[0]
+        self.view = (b, 1) + (1,) * (x.dim() - 1)
+        self.lens = torch.zeros(b, 1, dtype=torch.float64)
+        self.incs = torch.zeros((b, 1) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        self.n = torch.zeros(b, dtype=torch.long)
+        self.used = torch.zeros(b, dtype=torch.long)
+
+    def _gather(self, src: Tensor, keep: Tensor) -> None:
+        """Columns ``src`` (b, K), zeroed where ``~keep``."""
+        k = src.clamp(0, self.lens.shape[1] - 1)
+        self.lens = torch.where(keep, self.lens.gather(1, k), 0.0)
+        incs = self.incs.gather(1, self._idx(k))
+        self.incs = torch.where(keep.to(incs.device).view(keep.shape + self.view[2:]), incs, 0.0)
+
+    def increment(self, h: Tensor, active: Tensor, z: Tensor) -> Tensor:
+        """``W_h`` per sample (``h`` float64 (b,)); refines the stored path of ``active`` rows."""
+        b = h.shape[0]
+        self._gather_pad()
+        K = self.lens.shape[1]
+        cols = torch.arange(K).expand(b, K)
+        valid = cols < self.n[:, None]
+        lens = torch.where(valid, self.lens, 0.0)
+        end = lens.cumsum(1)
+        total = end[:, -1]
+        j = ((end < h[:, None]) & valid).sum(1)  # the segment holding h (n: past the path)
+        inside = j < self.n
+        jc = j.clamp(max=K - 1)[:, None]
+        L = lens.gather(1, jc)[:, 0]
+        start = end.gather(1, jc)[:, 0] - L
+        u = torch.where(inside, (h - start).clamp(min=0.0), h - total)
+        u = torch.minimum(u, L).where(inside, u)
+        W = self.incs.gather(1, self._idx(jc))[:, 0]
+        frac = torch.where(inside, u / L.clamp_min(1e-300), 0.0)
+        std = torch.where(inside, (u * (L - u) / L.clamp_min(1e-300)).clamp_min(0.0), u).sqrt()
+        fv = self.view[:1] + self.view[2:]
+        part = (
+            frac.to(z.dtype).to(z.device).view(fv) * W + std.to(z.dtype).to(z.device).view(fv) * z
+        )
+        rest = torch.where(inside.to(z.device).view(fv), W - part, torch.zeros_like(W))
+        # new columns: 0..j-1 old, j part, j+1 rest, j+2.. old j+1..
+        cols1 = torch.arange(K + 1).expand(b, K + 1)
+        src = torch.where(cols1 <= j[:, None], cols1, cols1 - 1)
+        keep = cols1 < (self.n + 1)[:, None]
+        old_lens, old_incs, old_n = self.lens, self.incs, self.n
+        self.lens = torch.cat([self.lens, torch.zeros(b, 1, dtype=torch.float64)], 1)
+        self.incs = torch.cat([self.incs, torch.zeros_like(self.incs[:, :1])], 1)
+        self._gather(src, keep)
+        at_j, at_j1 = cols1 == j[:, None], cols1 == (j + 1)[:, None]
+        self.lens = torch.where(at_j, u[:, None], self.lens)
+        self.lens = torch.where(at_j1, torch.where(inside, L - u, 0.0)[:, None], self.lens)
+        dev = z.device
+        self.incs = torch.where(
+            at_j.to(dev).view(at_j.shape + self.view[2:]), part[:, None], self.incs
+        )
+        self.incs = torch.where(
+            at_j1.to(dev).view(at_j.shape + self.view[2:]), rest[:, None], self.incs
+        )
+        self.n = self.n + 1
+        # rows not stepping keep their path
+        a2 = active[:, None]
+        self.lens = torch.where(
+            a2, self.lens, torch.cat([old_lens, torch.zeros(b, 1, dtype=torch.float64)], 1)
+        )
+        self.incs = torch.where(
+            a2.to(dev).view(a2.shape + self.view[2:]),
+            self.incs,
+            torch.cat([old_incs, torch.zeros_like(old_incs[:, :1])], 1),
+        )
+        self.n = torch.where(active, self.n, old_n)
+        self.used = torch.where(active, j + 1, 0)
+        mask = (cols1 <= j[:, None]).to(dev).view(at_j.shape + self.view[2:])
+        return (self.incs * mask).sum(1)
+
+    def accept(self, ok: Tensor) -> None:
+        """Drop the segments the accepted step of rows ``ok`` consumed."""
+        d = torch.where(ok, self.used, 0)
+        K = self.lens.shape[1]
+        cols = torch.arange(K).expand(ok.shape[0], K)
+        self.n = self.n - d
+        self._gather(cols + d[:, None], cols < self.n[:, None])
+        self._gather_pad()
+
+    def _idx(self, k: Tensor) -> Tensor:
+        idx = k.to(self.incs.device).view(k.shape + (1,) * (self.incs.dim() - 2))
+        return idx.expand((-1, -1) + tuple(self.incs.shape[2:]))
+
+    def _gather_pad(self) -> None:
+        """Trim columns no row uses (keep at least one)."""
+        K = max(int(self.n.max()), 1)
+        self.lens, self.incs = self.lens[:, :K], self.incs[:, :K]
+
+
 @register(
     "sde_adaptive",
     kind="sde",
@@ -40,22 +146,20 @@ def sde_adaptive(
     safety: float = 0.9,
     exponent: float = 0.9,
 ) -> Tensor:
-    """Adaptive reverse SDE: Euler-Maruyama ``x'`` and improved Euler ``x''`` with the same ``z``.
+    """Adaptive reverse SDE: Euler-Maruyama ``x'`` and improved Euler ``x''`` with the same ``W``.
 
-    From ``t`` to ``s = t - h`` with ``b(x, t) = f(t) x - g(t)^2 score(x, t)``:
-    ``x' = x - h b(x, t) + g(t) sqrt(h) z``, ``x~ = x - h b(x', s) + g(s) sqrt(h) z``,
-    ``x'' = (x' + x~) / 2``. Per sample, ``E = ||(x' - x'') / delta||_2 / sqrt(n)`` with
+    From ``t`` to ``s = t - h`` with ``b(x, t) = f(t) x - g(t)^2 score(x, t)`` and ``W`` the
+    Brownian increment over the step: ``x' = x - h b(x, t) + g(t) W``, ``x~ = x - h b(x', s) +
+    g(s) W``, ``x'' = (x' + x~) / 2``. Per sample, ``E = ||(x' - x'') / delta||_2 / sqrt(n)`` with
     ``delta = max(atol, rtol max(|x'|, |x'_prev|))`` (elementwise, ``x'_prev`` the last accepted
     ``x'``); the step is accepted if ``E <= 1`` (then ``x <- x''``), and in either case
-    ``h <- min(t - t_end, safety h E^(-exponent))``. A rejected step retries with the same
-    standard-normal ``z`` (the increment is ``sqrt(h) z`` for the new ``h``): the noise is
-    never redrawn until the step is accepted, so rejection does not select easy noise. The first
-    step is ``T - t_1`` of the grid (``steps`` is a hint). Two evaluations per attempt, the
-    whole batch evaluated together; ``stats.accepted`` and ``stats.rejected`` are per-sample
-    means. Weak order 1 (the accepted value is the improved-Euler one). Known limitation: the
-    rescaled reuse of ``z`` makes the accepted step size depend on ``z``, which biases the law
-    where ``g`` varies fast (VE: covariance ~8% too large at ``rtol=0.01``, BENCHMARKS.md);
-    a Brownian-bridge split of the rejected increment would remove it.
+    ``h <- min(t - t_end, safety h E^(-exponent))``. A rejected increment is never redrawn: the
+    retry takes ``W_h'`` from it by the Brownian bridge and keeps the rest of the path for the
+    steps after (:class:`BrownianStack`), so rejection neither selects easy noise nor makes the
+    accepted law depend on it. The first step is ``T - t_1`` of the grid (``steps`` is a hint).
+    Two evaluations per attempt, the whole batch evaluated together; ``stats.accepted`` and
+    ``stats.rejected`` are per-sample means. Weak order 1 (the accepted value is the
+    improved-Euler one).
     """
     for name, v in (("rtol", rtol), ("atol", atol), ("safety", safety), ("exponent", exponent)):
         _positive(name, v)
@@ -68,8 +172,7 @@ def sde_adaptive(
     accepted = torch.zeros(b, dtype=torch.float64)
     rejected = torch.zeros(b, dtype=torch.float64)
     x_prev = x.abs()
-    z = ctx.noise_like(x)
-    fresh = torch.zeros(b, dtype=torch.bool)
+    path = BrownianStack(x)
     n = x[0].numel()
 
     def coefs(tt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -84,16 +187,12 @@ def sde_adaptive(
         remaining = t - t_end
         h = torch.where(active, torch.minimum(h, remaining), torch.zeros_like(h))
         s = torch.where(h >= remaining, torch.full_like(t, t_end), t - h)
-        if bool(fresh.any()):
-            z = torch.where(fresh.to(x.device).view(view), ctx.noise_like(x), z)
+        dw = path.increment(h, active, ctx.noise_like(x))
         hx = h.to(x.dtype).to(x.device).view(view)
         f_t, g2_t, g_t = coefs(t)
         f_s, g2_s, g_s = coefs(s)
-        noise_t = (g_t * hx.sqrt()) * z
-        x1 = x - hx * (f_t * x - g2_t * ctx.score(x, t.to(x.device))) + noise_t
-        x2 = 0.5 * (
-            x1 + x - hx * (f_s * x1 - g2_s * ctx.score(x1, s.to(x.device))) + g_s * hx.sqrt() * z
-        )
+        x1 = x - hx * (f_t * x - g2_t * ctx.score(x, t.to(x.device))) + g_t * dw
+        x2 = 0.5 * (x1 + x - hx * (f_s * x1 - g2_s * ctx.score(x1, s.to(x.device))) + g_s * dw)
         delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev), min=atol)
         err = (
             ((x1 - x2) / delta).reshape(b, -1).pow(2).sum(1).div(n).sqrt().to("cpu", torch.float64)
@@ -106,7 +205,7 @@ def sde_adaptive(
         accepted += ok
         rejected += active & ~ok
         h = safety * h * err.clamp_min(1e-12).pow(-exponent)
-        fresh = ok
+        path.accept(ok)
         ctx.done(x, float(t.max()))
     else:
         raise RuntimeError(

@@ -208,16 +208,8 @@ def test_sde_adaptive_reports_steps_and_reuses_the_noise_on_rejection():
         solvers.sample(sde, score, shape=(2, 3), solver="sde_adaptive", rtol=-1)
 
 
-KNOWN_VE_BIAS = pytest.mark.xfail(
-    strict=True,
-    reason="measured: on VE the covariance comes out ~8% too large (W2 0.063 at rtol 0.01, "
-    "1,291 NFE; Euler-Maruyama 0.022 at 201): reusing z, rescaled, after a rejection makes the "
-    "accepted step size depend on z; a Brownian-bridge split of the rejected increment is the fix",
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("sde_name", ["VP", pytest.param("VE", marks=KNOWN_VE_BIAS)])
+@pytest.mark.parametrize("sde_name", ["VP", "VE"])
 def test_sde_adaptive_reaches_the_data_law(sde_name):
     """Monte-Carlo, 20,000 samples: W2 of the Gaussian fit (noise floor ~0.015)."""
     sde = SDES[sde_name]
@@ -255,3 +247,40 @@ def test_restart_spends_the_steps_it_is_given_without_an_adaptive_warning():
     assert st.nfe == 2 * 7 + 1
     with pytest.warns(UserWarning, match="first trial step"):
         solvers.sample(sde, GAUSS.score_fn(sde), shape=(2, 3), solver="ode_adaptive", steps=7)
+
+
+def test_brownian_stack_splits_a_rejected_increment_by_the_bridge():
+    """A rejected increment W_1 is refined, never redrawn: the retry's W_0.3 has variance 0.3 and
+    covariance 0.3 with W_1, and after accepting it the next 0.7 is exactly W_1 - W_0.3; beyond
+    the stored path a fresh piece extends it (variance adds up)."""
+    from solvers.sde_adaptive import BrownianStack
+
+    n = 200_000
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(n, 1, dtype=torch.float64)
+    path = BrownianStack(x)
+    on = torch.ones(n, dtype=torch.bool)
+
+    def step(h: float) -> torch.Tensor:
+        z = torch.randn(n, 1, generator=g, dtype=torch.float64)
+        return path.increment(torch.full((n,), h, dtype=torch.float64), on, z)[:, 0]
+
+    w1 = step(1.0)  # rejected: nothing accepted
+    w03 = step(0.3)
+    path.accept(on)
+    w07 = step(0.7)
+    torch.testing.assert_close(w03 + w07, w1, rtol=0, atol=1e-12)
+    c = torch.cov(torch.stack([w1, w03]))
+    torch.testing.assert_close(
+        c, torch.tensor([[1.0, 0.3], [0.3, 0.3]], dtype=torch.float64), rtol=0, atol=0.01
+    )
+    path.accept(on)
+    w_fresh = step(0.5)  # nothing stored: a fresh increment
+    assert (
+        abs(float(w_fresh.var()) - 0.5) < 0.01
+        and abs(float(torch.corrcoef(torch.stack([w_fresh, w1]))[0, 1])) < 0.01
+    )
+    path.accept(~on)  # rejected: stored; a longer retry extends it by a fresh 0.5
+    w_long = step(1.0)
+    assert abs(float(w_long.var()) - 1.0) < 0.02
+    assert abs(float(torch.cov(torch.stack([w_long, w_fresh]))[0, 1]) - 0.5) < 0.01
