@@ -359,7 +359,7 @@ torchsde_milstein = _make(
 )
 torchsde_srk = _make(
     "srk",
-    1.5,
+    2.0,  # weak order (the registry's order for SDE solvers); strong order 1.5
     2,
     "torchsde.sdeint(method='srk'); Rossler 2010, SRA1 for additive noise",
     """torchsde stochastic Runge-Kutta (Rossler's SRA1, additive noise) in ``s = T - t``:
@@ -367,12 +367,13 @@ torchsde_srk = _make(
     with ``I = dW``, ``I0 = U / ds`` (space-time Levy area) and ``s' = s + ds``,
     ``H1 = y + 3/4 F(s, y) ds + 3/2 g(s') I0``,
     ``y <- y + (F(s, y) / 3 + 2 F(s + 3/4 ds, H1) / 3) ds + g(s') (I - I0) + g(s) I0``.
-    Strong order 1.5 (additive noise); two drift (score) evaluations per step."""
+    Strong order 1.5, weak order 2 (additive noise; Rossler 2010); two drift (score)
+    evaluations per step."""
     + _TAIL,
 )
 torchsde_reversible_heun = _make(
     "reversible_heun",
-    1.0,
+    2.0,  # weak order on this additive-noise problem (measured: tests/test_solver_orders.py)
     1,
     "torchsde.sdeint(method='reversible_heun'); Kidger et al. 2021",
     """torchsde reversible Heun (Stratonovich = Ito here) in ``s = T - t``, with the extra state ``z``:
