@@ -48,7 +48,7 @@ def test_cosine_integral_is_never_negative_at_zero():
         schedule = S.CosineVP(s=s)
         assert schedule.integral_beta(0.0).item() == 0.0, s
         assert schedule.sigma(0.0).item() == 0.0, s
-        assert schedule.t_from_log_snr(math.inf).item() == 0.0, s
+        assert 0.0 <= schedule.t_from_log_snr(math.inf).item() < 1e-15, s  # phi - phi0 round-off
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
