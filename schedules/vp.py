@@ -114,7 +114,9 @@ class CosineVP(VPSchedule):
         # log1p of that is exactly 0 at t = 0 and never positive, so I(t) >= 0 without the
         # round-off of log(cos phi) - log(cos phi0), which gave I(0) = -2.7e-20 and a NaN sigma(0).
         d = t / (1.0 + self.s) * (math.pi / 2)
-        return -2.0 * torch.log1p(-2.0 * torch.sin(0.5 * d) ** 2 - math.tan(self._phi0) * torch.sin(d))
+        return -2.0 * torch.log1p(
+            -2.0 * torch.sin(0.5 * d) ** 2 - math.tan(self._phi0) * torch.sin(d)
+        )
 
     def _t_from_integral(self, integral: Tensor) -> Tensor:
         # cos(phi) = cos(phi0) exp(-I/2); sin(phi)^2 = sin(phi0)^2 + cos(phi0)^2 (1 - exp(-I)) has

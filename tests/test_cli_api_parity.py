@@ -75,7 +75,9 @@ def test_sample_matches_the_api_and_no_ema_takes_effect(tmp_path, moons_ckpt):
 
 def test_sample_solver_and_seed_flags_take_effect(tmp_path, moons_ckpt):
     heun = cli_samples(tmp_path / "a", moons_ckpt, "--solver", "ode_heun")
-    np.testing.assert_allclose(heun, api_samples(moons_ckpt, solver="ode_heun"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        heun, api_samples(moons_ckpt, solver="ode_heun"), rtol=1e-5, atol=1e-6
+    )
     other_seed = cli_samples(tmp_path / "b", moons_ckpt, "--solver", "ode_heun", "--seed", "5")
     assert np.abs(heun - other_seed).max() > 1e-3
 

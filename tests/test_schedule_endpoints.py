@@ -75,9 +75,10 @@ def test_everything_finite_at_T_and_round_trips(schedule, dtype):
     assert values["alpha"] > 0 and values["sigma"] > 0 and values["beta"] > 0
     if schedule.variance_preserving:
         assert math.isclose(values["alpha"] ** 2 + values["sigma"] ** 2, 1.0, rel_tol=1e-6)
-        assert values["sigma"] < 1.0
+        assert values["sigma"] <= 1.0  # 1 - exp(-90) rounds to 1 for LinearVP(5, 45, T=2)
     back = schedule.t_from_log_snr(torch.tensor(values["log_snr"], dtype=torch.float64)).item()
-    assert math.isclose(back, schedule.T, rel_tol=1e-9)
+    # log_snr(T) was rounded to the dtype before the float64 inverse
+    assert math.isclose(back, schedule.T, rel_tol=1e-9 if dtype == torch.float64 else 1e-5)
     # the time check accepts T itself but nothing past it
     with pytest.raises(ValueError, match="outside the time interval"):
         schedule.sigma(schedule.T * 1.01)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -151,8 +150,7 @@ def test_corrector_on_keeps_the_predictor_order_when_its_step_vanishes():
     keeps the Langevin step ``eps ~ snr^2`` at ``O(h)``. Common random numbers (one seed) make
     the Monte-Carlo noise largely cancel in the ratio of errors."""
     errors = [
-        mc_moment_error(n, 20_000, 0, snr=0.3 / math.sqrt(n), corrector="langevin")
-        for n in (8, 32)
+        mc_moment_error(n, 20_000, 0, snr=0.3 / math.sqrt(n), corrector="langevin") for n in (8, 32)
     ]
     order = math.log(errors[0] / errors[1]) / math.log(4)
     assert abs(order - solvers.get("predictor_corrector").order) < 0.3, (order, errors)
