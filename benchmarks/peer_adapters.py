@@ -43,8 +43,8 @@ from torch import Tensor
 
 import solvers
 from scoresde import VPSDE
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[Tensor], Tensor]
 
 BENCH_INSTALL = (
@@ -196,31 +196,67 @@ class Method:
 
 
 # -- ours ----------------------------------------------------------------------------------------
+def _sample_ours(
+    problem: Problem, x_T: Tensor, name: str, noise: NoiseFn | None, **kwargs: Any
+) -> Tensor:
+    """``solvers.sample`` from ``x_T`` with the run's noise and its generator (a seeded one when
+    the library draws its own noise)."""
+    gen = (
+        getattr(noise, "generator", None) if noise is not None else torch.Generator().manual_seed(0)
+    )
+    x, _ = solvers.sample(
+        problem.sde, problem.score_fn, x_T=x_T, solver=name, noise_fn=noise, generator=gen, **kwargs
+    )
+    return x
+
+
 def ours(name: str, grid: str | None = None) -> Method:
     """``scoresde.sample(solver=name)`` with our final Tweedie step (counted as one NFE)."""
     spec = solvers.get(name)
     grid_name = grid or spec.default_grid
 
     def run(problem: Problem, x_T: Tensor, size: int, noise: NoiseFn | None) -> Tensor:
-        gen = (
-            getattr(noise, "generator", None)
-            if noise is not None
-            else torch.Generator().manual_seed(0)
+        return _sample_ours(
+            problem, x_T, name, noise, steps=size, grid=grid_name, t_end=problem.t_end
         )
-        x, _ = solvers.sample(
-            problem.sde,
-            problem.score_fn,
-            x_T=x_T,
-            solver=name,
-            steps=size,
-            grid=grid_name,
-            t_end=problem.t_end,
-            noise_fn=noise,
-            generator=gen,
-        )
-        return x
 
     return Method("scoresde", name, grid_name, spec.kind == "sde", run, "steps", affine=spec.affine)
+
+
+def ours_tuned(name: str, probe: int = 2048, seed: int = 1234, **options: Any) -> Method:
+    """``scoresde.tune_grid`` then ``sample(solver=name, grid=tuned)``: the grid (and ``t_end``)
+    tuned on the score alone with a probe batch drawn from its own seed (never the benchmark's
+    ``x_T``), once per problem and budget. Size is the step count; NFE is ``steps + 1``."""
+    from scoresde import tune_grid
+
+    spec = solvers.get(name)
+    tuned: list[tuple[ScoreFn, int, Tensor]] = []  # holds the score, so its id is never reused
+
+    def grid_for(problem: Problem, nfe: int, x_T: Tensor) -> Tensor:
+        for score, n, grid in tuned:
+            if score is problem.score_fn and n == nfe:
+                return grid
+        grid = tune_grid(
+            problem.sde,
+            problem.score_fn,
+            name,
+            nfe,
+            (probe, *x_T.shape[1:]),
+            generator=torch.Generator().manual_seed(seed),
+            dtype=x_T.dtype,
+            **options,
+        )
+        tuned.append((problem.score_fn, nfe, grid))
+        return grid
+
+    def run(problem: Problem, x_T: Tensor, size: int, noise: NoiseFn | None) -> Tensor:
+        grid = grid_for(problem, size * spec.evals_per_step + 1, x_T)
+        return _sample_ours(problem, x_T, name, noise, grid=grid, **options)
+
+    method = Method("scoresde", name, "tuned", spec.kind == "sde", run, "steps", spec.affine)
+    for size in range(1, 401):  # known without tuning on the NFE-counting problem
+        _NFE_CACHE[(method.label, method.grid, size)] = size * spec.evals_per_step + 1
+    return method
 
 
 # -- k-diffusion -------------------------------------------------------------------------------
@@ -327,6 +363,41 @@ def kdiff(name: str, grid: str = "karras", sigmas_fn: Callable | None = None) ->
     )
 
 
+def kdiff_adaptive_tolerance(size: int) -> float:
+    """``rtol = atol`` of ``sample_dpm_adaptive`` at size knob ``size``: ``0.5 * 10^(-size / 8)``
+    (NFE grows with ``size``, as :func:`size_for_budget` needs)."""
+    return 0.5 * 10.0 ** (-size / 8.0)
+
+
+def kdiff_adaptive(order: int = 3) -> Method:
+    """k-diffusion's ``sample_dpm_adaptive`` (DPM-Solver-12/23 with error control, ``eta = 0``)
+    from ``s(T)`` to ``s(t_end)``, then one denoising call ``D(x, s(t_end))`` (counted): the
+    sampler stops at ``sigma_min > 0`` where the fixed-step samplers take their final step to 0.
+    The size knob sets the tolerances (:func:`kdiff_adaptive_tolerance`); its step sizes depend on
+    the state, so the output is not affine (Monte-Carlo moments)."""
+    K = load_k_diffusion_sampling()
+
+    def run(problem: Problem, x_T: Tensor, size: int, noise: NoiseFn | None) -> Tensor:
+        s_min, s_max = problem.edm_sigma(problem.t_end), problem.edm_sigma(problem.T)
+        x = x_T * math.sqrt(1.0 + s_max * s_max)
+        denoiser = KDenoiser(problem)
+        tol = kdiff_adaptive_tolerance(size)
+        x = K.sample_dpm_adaptive(
+            denoiser, x, s_min, s_max, order=order, rtol=tol, atol=tol, disable=True
+        )
+        return denoiser(x, x.new_full((x.shape[0],), s_min))
+
+    return Method(
+        "k-diffusion",
+        f"sample_dpm_adaptive(order={order})",
+        "adaptive",
+        False,
+        run,
+        "tol",
+        affine=False,
+    )
+
+
 # -- diffusers ---------------------------------------------------------------------------------
 def diffusers_version() -> str:
     from importlib.metadata import version
@@ -350,7 +421,16 @@ DIFFUSERS_SCHEDULERS = {
         {},
         False,
     ),
+    "UniPCMultistep": ("UniPCMultistepScheduler", "scheduling_unipc_multistep", {}, False),
+    "DEISMultistep": ("DEISMultistepScheduler", "scheduling_deis_multistep", {}, False),
 }
+# The multistep schedulers build their coefficient tables in the default dtype (float32) and
+# mix them with the sample's dtype (UniPC's ``linalg.solve`` fails on float64 samples): they run
+# in float32, as a user runs them, with the exact float64 score cast at the model boundary.
+DIFFUSERS_FLOAT32 = frozenset({"DPMSolverMultistep", "UniPCMultistep", "DEISMultistep"})
+# Config keys that change the algorithm (shown in the sampler's name); spacing and Karras sigmas
+# are the grid (shown in its grid column).
+_GRID_KEYS = frozenset({"timestep_spacing", "use_karras_sigmas"})
 
 
 class DiffusersEps:
@@ -382,7 +462,10 @@ def _patched_randn(module_name: str, noise: NoiseFn | None):
     import diffusers.schedulers as ds
 
     module = importlib.import_module(f"{ds.__name__}.{module_name}")
-    original = module.randn_tensor
+    original = getattr(module, "randn_tensor", None)
+    if original is None:  # a deterministic scheduler draws nothing
+        yield
+        return
 
     def draw(shape, generator=None, device=None, dtype=None, **_: Any) -> Tensor:
         like = torch.empty(shape, dtype=dtype or torch.float32, device=device)
@@ -429,6 +512,8 @@ def diffusers(name: str, timestep_spacing: str | None = None, **config: Any) -> 
             )
         return cache[key]
 
+    float32 = name in DIFFUSERS_FLOAT32
+
     def run(problem: Problem, x_T: Tensor, size: int, noise: NoiseFn | None) -> Tensor:
         sched = scheduler_for(problem)
         sched.set_timesteps(size)
@@ -438,17 +523,22 @@ def diffusers(name: str, timestep_spacing: str | None = None, **config: Any) -> 
             x = x_T * math.sqrt(1.0 + float(sigmas.max()) ** 2)
         else:
             x = x_T * float(sched.init_noise_sigma)
+        if float32:
+            x = x.to(torch.float32)
         with torch.no_grad(), _patched_randn(module_name, noise):  # noise None: the library's own
             for k in sched.timesteps:
                 inp = sched.scale_model_input(x, k)
-                x = sched.step(model(inp, k), k, x).prev_sample
-        return x
+                eps = model(inp.to(x_T.dtype), k).to(x.dtype)  # the score in the caller's dtype
+                x = sched.step(eps, k, x).prev_sample
+        return x.to(x_T.dtype)
 
     spacing = cfg.get("timestep_spacing")
     if spacing is None:
         spacing = inspect.signature(cls.__init__).parameters["timestep_spacing"].default
     grid = str(spacing) + ("+karras" if cfg.get("use_karras_sigmas") else "")
-    return Method("diffusers", name, grid, stochastic, run, "num_inference_steps")
+    algo = ", ".join(f"{k}={v}" for k, v in config.items() if k not in _GRID_KEYS)
+    label = f"{name}({algo})" if algo else name
+    return Method("diffusers", label, grid, stochastic, run, "num_inference_steps")
 
 
 # -- NFE budgets -------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import time
 import torch
 
 import scoresde
-from scoresde.data import TensorData, get_dataset
+from scoresde.data import TensorData, digits
 from scoresde.likelihood import log_likelihood, uniform_dequantize
 from scoresde.nets import ScoreModel, UNet
 from scoresde.training import Trainer, load_pretrained
@@ -38,7 +38,7 @@ RANGE = (-1.0, 1.0)
 
 def split(seed: int) -> tuple[TensorData, torch.Tensor]:
     """1,500 training images (with labels) and the 297 held-out images."""
-    full = get_dataset("digits")
+    full = digits("all")
     perm = torch.randperm(len(full.x), generator=torch.Generator().manual_seed(seed))
     tr, te = perm[:1500], perm[1500:]
     train = TensorData(full.x[tr], full.y[tr], name="digits", num_classes=10, value_range=RANGE)

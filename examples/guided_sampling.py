@@ -1,6 +1,6 @@
 """Conditional sampling by guidance, checked against exact answers.
 
-    python examples/guided_sampling.py [--n 10000] [--out guided.png] [--quick]
+    python examples/guided_sampling.py [--n 10000] [--out runs/guided.png] [--quick]
 
 1. A linear inverse problem: prior x ~ N(m, C) in 3-D, observation y = A x + n, n ~ N(0, R).
    The exact p(y | x_t) is Gaussian, so classifier guidance with it (scale 1) has exactly the

@@ -1,6 +1,6 @@
 """Inpainting / imputation with a known mask, against exact conditionals.
 
-    python examples/inpainting.py [--n 10000] [--out inpainting.png] [--quick]
+    python examples/inpainting.py [--n 10000] [--out runs/inpainting.png] [--quick]
 
 1. Imputation of the missing coordinates of a correlated 3-D Gaussian given x_1 = 1.5, compared
    with the exact conditional N(mu_u|k, C_u|k): the replacement method of score-SDE (which is
@@ -102,7 +102,7 @@ def digits_inpainting(
 ) -> dict[str, float]:
     from scoresde.data import digits
 
-    x = digits().x.reshape(-1, 64).to(F64)
+    x = digits("all").x.reshape(-1, 64).to(F64)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     train, test = x[perm[:1500]], x[perm[1500 : 1500 + num_images]]
     cov = torch.cov(train.T) + 1e-2 * torch.eye(64, dtype=F64)  # ridge: some pixels never vary

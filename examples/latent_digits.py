@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
 
-    x = digits().x  # (1797, 1, 8, 8) in [-1, 1], 17 levels
+    x = digits("all").x  # (1797, 1, 8, 8) in [-1, 1], 17 levels
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
     train, test = x[perm[:1500]], x[perm[1500 : 1500 + args.eval]]
 

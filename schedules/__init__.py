@@ -11,6 +11,7 @@ from .grids import (
     time_grid,
     uniform_grid,
 )
+from .tabulated import TabulatedVP, VELinear
 from .ve import VEGeometric
 from .vp import CosineVP, LinearVP, VPSchedule
 
@@ -18,6 +19,8 @@ SCHEDULES: dict[str, type[Schedule]] = {
     "LinearVP": LinearVP,
     "CosineVP": CosineVP,
     "VEGeometric": VEGeometric,
+    "TabulatedVP": TabulatedVP,
+    "VELinear": VELinear,
 }
 
 
@@ -36,7 +39,9 @@ __all__ = [
     "CosineVP",
     "LinearVP",
     "Schedule",
+    "TabulatedVP",
     "VEGeometric",
+    "VELinear",
     "VPSchedule",
     "as_float64",
     "check_time",

@@ -7,6 +7,7 @@ of your choice, and measure how accurate that solver is against analytic ground 
 from schedules import CosineVP, LinearVP, VEGeometric, time_grid
 from solvers import available, convert, from_eps, get, register, sample, to_eps
 
+from .adapters import AdaptedModel, from_diffusers, from_k_diffusion
 from .bound import variational_bound
 from .ddpm import DiscreteDDPM
 from .guidance import classifier_free_guidance, classifier_guidance, inpaint
@@ -26,16 +27,21 @@ from .sde import (
 )
 from .targets import Gaussian, GaussianMixture
 from .training import TrainConfig, Trainer, load_pretrained
+from .tuning import TuneResult, load_grid, save_grid, tune_grid
 from .vae import GaussianVAE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "AdaptedModel",
+    "from_diffusers",
+    "from_k_diffusion",
     "MLP",
     "SDES",
     "ScoreModel",
     "StudyResult",
     "TrainConfig",
+    "TuneResult",
     "Trainer",
     "UNet",
     "load_pretrained",
@@ -63,11 +69,14 @@ __all__ = [
     "from_eps",
     "get",
     "inpaint",
+    "load_grid",
     "log_likelihood",
     "register",
     "sample",
+    "save_grid",
     "sde_from_config",
     "time_grid",
     "to_eps",
+    "tune_grid",
     "variational_bound",
 ]

@@ -36,18 +36,17 @@ term and data point. The decoder ``p(x_0 | x_1)`` (step 1, where ``beta-tilde_1 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from solvers.parametrization import broadcast_to
+from schedules.parametrization import broadcast_to
+from solvers.protocol import ScoreFn
 
 from .likelihood import dequantization_offset
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 DECODERS = ("gaussian", "discretized")
 VARIANCES = ("beta", "posterior")
 

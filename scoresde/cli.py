@@ -7,6 +7,13 @@ import argparse
 import importlib
 import sys
 
+DESCRIPTION = """\
+scoresde: continuous-time score-based diffusion models.
+
+Train a score model, sample from it with any solver, compute its exact likelihood, and check
+solver accuracy against analytic ground truth. Run `scoresde COMMAND --help` for the options
+of one command."""
+
 # module names under scoresde.commands; each defines add_parser(subparsers) -> parser whose
 # default ``func(args) -> int`` runs the command.
 COMMANDS: list[str] = [
@@ -14,11 +21,19 @@ COMMANDS: list[str] = [
     "sample",
     "likelihood",
     "check",
+    "export",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scoresde", description=__doc__)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="scoresde",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"scoresde.commands.{name}").add_parser(sub)

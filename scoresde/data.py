@@ -10,7 +10,8 @@ Built-in sets (``get_dataset(name)``; :data:`DATASETS` lists them):
 * ``digits``: scikit-learn's 1,797 8x8 handwritten digits (shipped inside scikit-learn, the
   optional ``data`` extra), scaled from ``0..16`` to ``[-1, 1]``, shape ``(1, 8, 8)``, 10 classes.
 
-Your own data: :func:`as_data` accepts a tensor ``(N, ...)``, a ``TensorDataset`` (``(x,)`` or
+Your own data: :func:`as_data` accepts a path (an image folder, ``.npy`` or ``.npz``:
+:mod:`scoresde.datafiles`), a tensor ``(N, ...)``, a ``TensorDataset`` (``(x,)`` or
 ``(x, y)``), any map-style ``torch.utils.data.Dataset`` returning ``x`` or ``(x, y)``, or a
 ``DataLoader`` (its dataset, ``collate_fn``, ``num_workers`` and ``pin_memory`` are kept; the
 trainer draws batches with its own sampler so that the data order is reproducible).
@@ -128,6 +129,11 @@ class Data(abc.ABC):
     def reference(self, n: int, seed: int = 0) -> Tensor:
         """Up to ``n`` data samples (for plots and evaluation)."""
 
+    def heldout(self, n: int, seed: int = 0) -> tuple[Tensor, str] | None:
+        """Up to ``n`` samples the trainer never sees, with a description of them; ``None`` when
+        the set has no held-out part (then only :meth:`reference`, training data, is left)."""
+        return None
+
 
 def _check_batch_args(batch_size: int, rank: int, world_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -179,6 +185,11 @@ class SyntheticData(Data):
 
     def reference(self, n: int, seed: int = 0) -> Tensor:
         return self.sampler(int(n), torch.Generator().manual_seed(derive_seed(seed, 0xF1)))
+
+    def heldout(self, n: int, seed: int = 0) -> tuple[Tensor, str]:
+        # the training stream draws from other seeds: these are fresh points, not training ones
+        x = self.sampler(int(n), torch.Generator().manual_seed(derive_seed(seed, 0x7E57)))
+        return x, "fresh draws from the data distribution (not training points)"
 
     def __repr__(self) -> str:
         return f"SyntheticData({self.info.name!r}, shape={self.info.shape})"
@@ -238,7 +249,8 @@ class TensorData(Data):
     """An in-memory dataset ``x`` (``(N, ...)``) with optional integer labels ``y`` (``(N,)``).
 
     The whole set is moved to the training device once and batches are gathered there (no
-    DataLoader on the hot path).
+    DataLoader on the hot path). ``test`` (``(M, ...)``), if given, is a held-out set that is
+    never trained on (:meth:`heldout`).
     """
 
     def __init__(
@@ -248,6 +260,7 @@ class TensorData(Data):
         name: str = "tensor",
         num_classes: int | None = None,
         value_range: tuple[float, float] | None = None,
+        test: Tensor | None = None,
     ) -> None:
         x = torch.as_tensor(x)
         if x.dim() < 2 or x.shape[0] < 1:
@@ -264,7 +277,13 @@ class TensorData(Data):
             y = y.long()
             if num_classes is None:
                 num_classes = int(y.max()) + 1
-        self.x, self.y = x, y
+        if test is not None:
+            test = torch.as_tensor(test).to(x.dtype)
+            if tuple(test.shape[1:]) != tuple(x.shape[1:]) or test.shape[0] < 1:
+                raise ValueError(
+                    f"test has shape {tuple(test.shape)}; expected (M, {', '.join(map(str, x.shape[1:]))})"
+                )
+        self.x, self.y, self.test = x, y, test
         std = float(x.double().std()) if x.numel() > 1 else 1.0
         self.info = DataInfo(
             name, tuple(x.shape[1:]), num_classes, std if std > 0 else 1.0, value_range
@@ -278,6 +297,13 @@ class TensorData(Data):
         g = torch.Generator().manual_seed(derive_seed(seed, 0xF1))
         idx = torch.randperm(len(self.x), generator=g)[: int(n)]
         return self.x[idx]
+
+    def heldout(self, n: int, seed: int = 0) -> tuple[Tensor, str] | None:
+        if self.test is None:
+            return None
+        g = torch.Generator().manual_seed(derive_seed(seed, 0xF1))
+        idx = torch.randperm(len(self.test), generator=g)[: int(n)]
+        return self.test[idx], f"the held-out split ({len(self.test)} samples never trained on)"
 
     def __repr__(self) -> str:
         return f"TensorData({self.info.name!r}, n={len(self.x)}, shape={self.info.shape})"
@@ -426,8 +452,18 @@ def from_target(target: GaussianMixture, name: str = "target") -> SyntheticData:
     return SyntheticData(name, draw, target)
 
 
-def digits() -> TensorData:
-    """scikit-learn's 8x8 digits: ``(1797, 1, 8, 8)`` in ``[-1, 1]`` (``x / 8 - 1``), labels 0..9."""
+DIGITS_SPLITS = ("train", "all")
+
+
+def digits(split: str = "train") -> TensorData:
+    """scikit-learn's 8x8 digits in ``[-1, 1]`` (``x / 8 - 1``), labels 0..9.
+
+    ``split="train"``: 1,500 training images, with the other 297 as the held-out ``test`` set
+    (a fixed permutation, ``torch.randperm(1797, generator=manual_seed(0))``); ``"all"``: all
+    1,797, no held-out set.
+    """
+    if split not in DIGITS_SPLITS:
+        raise ValueError(f"split={split!r}; expected one of {', '.join(DIGITS_SPLITS)}")
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -438,7 +474,13 @@ def digits() -> TensorData:
     bunch = load_digits()
     x = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     y = torch.as_tensor(bunch.target, dtype=torch.long)
-    return TensorData(x, y, name="digits", num_classes=10, value_range=(-1.0, 1.0))
+    if split == "all":
+        return TensorData(x, y, name="digits", num_classes=10, value_range=(-1.0, 1.0))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1500], perm[1500:]
+    return TensorData(
+        x[tr], y[tr], name="digits", num_classes=10, value_range=(-1.0, 1.0), test=x[te]
+    )
 
 
 DATASETS: dict[str, Callable[[], Data]] = {
@@ -465,6 +507,12 @@ def as_data(obj: Any, name: str | None = None) -> Data:
     if isinstance(obj, Data):
         return obj
     if isinstance(obj, str):
+        import os
+
+        if obj not in DATASETS and os.path.exists(obj):
+            from .datafiles import load_path
+
+            return load_path(obj)
         return get_dataset(obj)
     if isinstance(obj, GaussianMixture):
         return from_target(obj, name or "target")

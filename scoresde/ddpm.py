@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from solvers.parametrization import broadcast_to
+from schedules.parametrization import broadcast_to
 
 
 class DiscreteDDPM:

@@ -11,8 +11,9 @@ classifier guidance, say).
   trained with label dropout: ``(1 + w) s(x, t, y) - w s(x, t, null)`` (``w = 0`` is the plain
   conditional model).
 * Inpainting / imputation with a known mask by the replacement method of score-SDE (Song et al.
-  2021, app. I.2): before every solver step at time ``t`` the known coordinates are overwritten
-  by a fresh forward-diffused sample ``alpha(t) y + sigma(t) z`` of the known values. This is an
+  2021, app. I.2): before every solver step at time ``t`` (a ``before_step`` hook of
+  :func:`solvers.sample`) the known coordinates are overwritten by a fresh forward-diffused
+  sample ``alpha(t) y + sigma(t) z`` of the known values. This is an
   approximation of the conditional ``p(x_unknown | x_known = y)``, exact only when the two
   blocks are independent; :func:`linear_gaussian_log_likelihood` gives the exact alternative for
   linear-Gaussian observations.
@@ -32,11 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from schedules import time_grid
-from solvers import SampleResult, SampleStats, get, sample
-from solvers.parametrization import tweedie_denoise
+from schedules.parametrization import tweedie_denoise
+from solvers import Resolved, SampleResult, SampleStats, get, resolve, sample
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 CondScoreFn = Callable[[Tensor, Tensor, Any], Tensor]
 LogLikFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -174,15 +174,15 @@ def inpaint(
 ) -> SampleResult:
     """Fill in the unknown entries of ``known`` by the replacement method of score-SDE.
 
-    For each step ``t_i -> t_{i+1}`` of the grid:
+    One :func:`solvers.sample` run whose ``before_step`` hook replaces the known entries at the
+    start of every step ``t_i -> t_{i+1}`` (and before the denoising step at ``t_end``):
 
         x <- m * (alpha(t_i) y + sigma(t_i) z) + (1 - m) * x,   z ~ N(0, I)   (replacement)
         x <- one step of the registered ``solver`` from t_i to t_{i+1}
 
-    then at ``t_end`` one last replacement, the Tweedie denoising step (``denoise=True``) and
-    ``x <- m * y + (1 - m) * x``. The solver runs one grid interval per call through
-    :func:`solvers.sample`, so every non-adaptive registered solver works unchanged; a
-    multistep solver restarts (takes its first-step formula) at every step.
+    then ``x <- m * y + (1 - m) * x``. Every fixed-step solver works, multistep ones keeping
+    their history across steps. With no known entry (``mask`` all 0) this is exactly
+    :func:`solvers.sample` with the same arguments.
 
     Args:
         sde: the diffusion.
@@ -198,7 +198,8 @@ def inpaint(
             times, the state diffused back from ``t_{i+1}`` to ``t_i`` by the forward kernel
             ``x <- alpha_{t_i|t_{i+1}} x + sigma_{t_i|t_{i+1}} z`` in between, which lets the
             unknown block harmonise with the known one (``resample`` times the cost; 1 is the
-            plain replacement method).
+            plain replacement method). Going back in time, each repetition is one
+            :func:`solvers.sample` run over its grid interval (a multistep solver restarts).
 
     Returns:
         ``(samples, stats)``; ``samples`` equals ``known`` wherever ``mask == 1``.
@@ -211,27 +212,10 @@ def inpaint(
         )
     if not isinstance(known, Tensor) or known.dim() < 2:
         raise ValueError("known must be a (B, ...) tensor with a batch dimension")
-    m = _check_mask(mask, known)
+    is_known = _check_mask(mask, known).bool()
     y = known.detach()
-    T = float(sde.T)
-    t_end = float(sde.default_t_end if t_end is None else t_end)
-    if not 0 < t_end < T:
-        raise ValueError(f"t_end={t_end!r} must lie in (0, T={T})")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be a positive integer")
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
         raise ValueError(f"resample={resample!r} must be a positive integer")
-    if grid is None:
-        grid = spec.default_grid
-    if isinstance(grid, str):
-        grid_t = time_grid(grid, sde, steps, T, t_end)
-    else:
-        grid_t = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
-        if grid_t.numel() < 2 or not bool((grid_t[1:] < grid_t[:-1]).all()):
-            raise ValueError("an explicit grid must hold at least 2 strictly decreasing times")
-        t_end = float(grid_t[-1])
-    times = grid_t.tolist()
-
     if x_T is None:
         x = sde.prior_sample(tuple(y.shape), generator=generator, device=y.device, dtype=y.dtype)
     else:
@@ -245,43 +229,67 @@ def inpaint(
 
     def replace(x: Tensor, t: float) -> Tensor:
         alpha, sigma = (float(v) for v in sde.marginal(t))
-        return m * (alpha * y + sigma * noise()) + (1 - m) * x
+        return torch.where(is_known, alpha * y + sigma * noise(), x)
 
+    # replacing nothing is the identity (and must not draw noise): then inpaint == sample
+    hook = replace if bool(is_known.any()) else None
+    if resample == 1:
+        x, stats = sample(
+            sde,
+            score_fn,
+            x_T=x,
+            solver=solver,
+            steps=steps,
+            grid=grid,
+            t_end=t_end,
+            denoise=denoise,
+            generator=generator,
+            before_step=hook,
+            **options,
+        )
+    else:
+        plan = resolve(sde, solver, steps, grid, t_end, options)
+        x, stats = _repaint(sde, score_fn, x, plan, denoise, generator, hook, noise, resample)
+    return SampleResult(torch.where(is_known, y, x), stats)
+
+
+def _repaint(
+    sde: Any,
+    score_fn: ScoreFn,
+    x: Tensor,
+    plan: Resolved,
+    denoise: bool,
+    generator: torch.Generator | None,
+    hook: Callable[[Tensor, float], Tensor] | None,
+    noise: Callable[[], Tensor],
+    resample: int,
+) -> SampleResult:
+    """RePaint's loop: every grid interval ``resample`` times, diffused back in between."""
+    times = plan.grid.tolist()
+    opts = dict(solver=plan.spec.name, generator=generator, before_step=hook, **plan.options)
     nfe = 0
     start = time.perf_counter()
-    with torch.no_grad():
-        for i in range(len(times) - 1):
-            t, s = times[i], times[i + 1]
-            for u in range(resample):
-                if u > 0:  # RePaint: diffuse back from s to t with the forward kernel
-                    a_ts, s_ts = (float(v) for v in sde.transition(s, t))
-                    x = a_ts * x + s_ts * noise()
-                x = replace(x, t)
-                out = sample(
-                    sde,
-                    score_fn,
-                    x_T=x,
-                    solver=solver,
-                    grid=[t, s],
-                    denoise=False,
-                    generator=generator,
-                    **options,
-                )
-                x, nfe = out.samples, nfe + out.stats.nfe
-        x = replace(x, t_end)
-        if denoise:
-            alpha, sigma = (float(v) for v in sde.marginal(t_end))
-            tvec = torch.full((x.shape[0],), t_end, dtype=x.dtype, device=x.device)
+    for t, s in zip(times[:-1], times[1:], strict=True):
+        for u in range(resample):
+            if u > 0:  # back from s to t by the forward kernel
+                a_ts, s_ts = (float(v) for v in sde.transition(s, t))
+                x = a_ts * x + s_ts * noise()
+            out = sample(sde, score_fn, x_T=x, grid=[t, s], denoise=False, **opts)
+            x, nfe = out.samples, nfe + out.stats.nfe
+    if denoise:  # the last replacement, then Tweedie's step at t_end (as in sample)
+        x = x if hook is None else hook(x, plan.t_end)
+        alpha, sigma = (float(v) for v in sde.marginal(plan.t_end))
+        tvec = torch.full((x.shape[0],), plan.t_end, dtype=x.dtype, device=x.device)
+        with torch.no_grad():
             x = tweedie_denoise(x, score_fn(x, tvec), alpha, sigma)
-            nfe += 1
-        x = m * y + (1 - m) * x
+        nfe += 1
     stats = SampleStats(
         nfe=nfe,
         steps=len(times) - 1,
         wall_time=time.perf_counter() - start,
-        solver=solver,
-        grid=grid_t,
-        t_end=t_end,
+        solver=plan.spec.name,
+        grid=plan.grid,
+        t_end=plan.t_end,
     )
     return SampleResult(x, stats)
 

@@ -18,7 +18,6 @@ where ``log p_u`` is the exact probability-flow likelihood of the latent score m
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from solvers import SampleStats, sample
+from solvers.protocol import ScoreFn
 
 from .likelihood import log_likelihood
 from .vae import ELBO, GaussianVAE, diagonal_gaussian_log_prob
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @torch.no_grad()

@@ -30,11 +30,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from solvers.protocol import ScoreFn
+from solvers.resolve import check_tolerances
+from solvers.sampling import NonFiniteScoreError
+
 LogDensityFn = Callable[[Tensor], Tensor]
 
 DIVERGENCES = ("exact", "hutchinson")
+DEFAULT_FIXED_STEPS = 1000
+"""Uniform steps over ``[t_eps, T]`` a fixed-step method takes when given no step size."""
 PROBES = ("rademacher", "gaussian")
 ERROR_NORMS = ("per_sample", "rms")
 
@@ -60,6 +66,19 @@ def _is_adaptive_rk(solver_cls: type) -> bool:
     from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
     return issubclass(solver_cls, RKAdaptiveStepsizeODESolver)
+
+
+def ode_methods() -> list[str]:
+    """The torchdiffeq method names ``log_likelihood`` accepts."""
+    return list(_torchdiffeq_solvers())
+
+
+def is_fixed_step(method: str) -> bool:
+    """Whether the torchdiffeq ``method`` steps on a fixed grid (euler, midpoint, rk4, ...)."""
+    from torchdiffeq._impl.solvers import FixedGridODESolver
+
+    solvers = _torchdiffeq_solvers()
+    return method in solvers and issubclass(solvers[method], FixedGridODESolver)
 
 
 @dataclass
@@ -207,11 +226,19 @@ def hutchinson_divergence(fx: Tensor, x: Tensor, probes: Tensor) -> Tensor:
 class _AugmentedFlow(torch.nn.Module):
     """The vector field of ``(x, Delta)``: ``(v(x, t), div v(x, t))``; counts its evaluations."""
 
-    def __init__(self, sde: Any, score_fn: ScoreFn, divergence: str, probes: Tensor | None):
+    def __init__(
+        self,
+        sde: Any,
+        score_fn: ScoreFn,
+        divergence: str,
+        probes: Tensor | None,
+        on_time: Callable[[float], None] | None = None,
+    ):
         super().__init__()
         self.flow = sde.probability_flow(score_fn)
         self.divergence = divergence
         self.probes = probes
+        self.on_time = on_time
 
     @property
     def nfe(self) -> int:
@@ -233,6 +260,15 @@ class _AugmentedFlow(torch.nn.Module):
                 div = exact_divergence(v, x)
             else:
                 div = hutchinson_divergence(v, x, self.probes)
+        # a NaN/Inf makes the sum non-finite; caught here, before torchdiffeq turns it into a
+        # NaN result or an "underflow in dt" assertion
+        if not math.isfinite(float(v.sum() + div.sum())):
+            raise NonFiniteScoreError(
+                f"the probability-flow field (score or its divergence) became NaN or Inf at "
+                f"t={float(t):.6g} (evaluation {self.nfe}); check the model, its dtype and t_eps"
+            )
+        if self.on_time is not None:
+            self.on_time(float(t))
         return v.detach(), div.detach()
 
 
@@ -251,6 +287,8 @@ def log_likelihood(
     prior_logp: LogDensityFn | None = None,
     error_norm: str = "per_sample",
     options: dict[str, Any] | None = None,
+    steps: int | None = None,
+    progress: bool = False,
 ) -> LikelihoodResult:
     """Per-sample ``log p(x)`` (nats) of the score model, by the probability-flow ODE.
 
@@ -265,8 +303,9 @@ def log_likelihood(
         x: data, ``(B, ...)``. The integration runs in ``x.dtype`` (use float64 for accuracy
             checks) on ``x.device``.
         rtol, atol: tolerances of the adaptive solver (score-SDE uses 1e-5 with RK45).
-        method: a torchdiffeq method (``dopri5`` = RK45 Dormand-Prince by default); fixed-step
-            methods take ``options={"step_size": h}``.
+        method: a torchdiffeq method (``dopri5`` = RK45 Dormand-Prince by default). Fixed-step
+            methods (euler, midpoint, rk4, ...) take ``steps`` uniform steps over ``[t_eps, T]``
+            (or ``options={"step_size": h}``); they never default to one step over the range.
         divergence: ``"exact"`` (one backward pass per dimension) or ``"hutchinson"``.
         probe: ``"rademacher"`` or ``"gaussian"`` (Hutchinson only).
         t_eps: the start time (the likelihood is that of the density at ``t_eps``).
@@ -281,6 +320,12 @@ def log_likelihood(
             reference's flattened RK45), cheaper but a sample's accuracy then depends on the
             rest of its batch.
         options: extra torchdiffeq solver options.
+        steps: the number of uniform steps of a fixed-step method (default
+            ``DEFAULT_FIXED_STEPS`` = 1000); an error for adaptive methods, which choose their own.
+        progress: show a tqdm bar of the time integrated so far.
+
+    Raises:
+        NonFiniteScoreError: the field turned NaN or Inf (the message names ``t``).
 
     Returns:
         :class:`LikelihoodResult` with ``logp`` (nats), the prior and divergence terms, ``x_T``
@@ -299,13 +344,27 @@ def log_likelihood(
         raise ValueError(f"divergence={divergence!r}; expected one of {', '.join(DIVERGENCES)}")
     if probe not in PROBES:
         raise ValueError(f"probe={probe!r}; expected one of {', '.join(PROBES)}")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name}={tol!r} must be a finite positive number")
+    check_tolerances(rtol, atol)
     methods = _torchdiffeq_solvers()
     if method not in methods:
         raise ValueError(f"method={method!r}; expected a torchdiffeq method: {', '.join(methods)}")
     options = dict(options or {})
+    T = float(sde.T)
+    if not 0 < float(t_eps) < T:
+        raise ValueError(f"t_eps={t_eps!r} must lie in (0, T={T})")
+    if is_fixed_step(method):
+        if steps is not None and ("step_size" in options or "grid_constructor" in options):
+            raise ValueError("give either steps or options['step_size'/'grid_constructor']")
+        if "step_size" not in options and "grid_constructor" not in options:
+            n = DEFAULT_FIXED_STEPS if steps is None else steps
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"steps={steps!r} must be a positive integer")
+            options["step_size"] = (T - float(t_eps)) / n
+    elif steps is not None:
+        raise ValueError(
+            f"steps={steps!r} is for fixed-step methods; method={method!r} chooses its own steps "
+            "(set rtol/atol instead)"
+        )
     if error_norm not in ERROR_NORMS:
         raise ValueError(f"error_norm={error_norm!r}; expected one of {', '.join(ERROR_NORMS)}")
     if error_norm == "per_sample" and "norm" not in options:
@@ -314,9 +373,6 @@ def log_likelihood(
         # torchdiffeq's adaptive RK steps may overshoot the final time and interpolate back;
         # the schedule is undefined beyond T, so force a step boundary exactly at T.
         options["step_t"] = [float(sde.T)]
-    T = float(sde.T)
-    if not 0 < float(t_eps) < T:
-        raise ValueError(f"t_eps={t_eps!r} must lie in (0, T={T})")
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"num_probes={num_probes!r} must be a positive integer")
     if prior_logp is None:
@@ -330,15 +386,31 @@ def log_likelihood(
     probes = None
     if divergence == "hutchinson":
         probes = torch.stack([draw_probe(x, probe, generator) for _ in range(num_probes)])
-    flow = _AugmentedFlow(sde, score_fn, divergence, probes)
+    bar = tqdm(
+        total=T - float(t_eps),
+        disable=not progress,
+        leave=False,
+        desc="ODE",
+        bar_format="{desc} {percentage:3.0f}%|{bar}| t {n:.3g} of {total:.3g} [{elapsed}]",
+    )
+
+    def on_time(t: float) -> None:  # the bar shows the furthest time reached
+        done = min(t, T) - float(t_eps)
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    flow = _AugmentedFlow(sde, score_fn, divergence, probes, on_time if progress else None)
     ts = torch.tensor([float(t_eps), T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    with torch.no_grad():
-        xs, deltas = odeint(
-            flow, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options
-        )
-        z, delta = xs[-1], deltas[-1]
-        prior = prior_logp(z).to(x.dtype)
+    try:
+        with torch.no_grad():
+            xs, deltas = odeint(
+                flow, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options
+            )
+            z, delta = xs[-1], deltas[-1]
+            prior = prior_logp(z).to(x.dtype)
+    finally:
+        bar.close()
     if prior.shape != (x.shape[0],):
         raise ValueError(
             f"prior_logp returned shape {tuple(prior.shape)}; expected ({x.shape[0]},)"
@@ -355,6 +427,7 @@ def log_likelihood(
 
 
 __all__ = [
+    "DEFAULT_FIXED_STEPS",
     "DIVERGENCES",
     "ERROR_NORMS",
     "PROBES",
@@ -364,6 +437,8 @@ __all__ = [
     "draw_probe",
     "exact_divergence",
     "hutchinson_divergence",
+    "is_fixed_step",
+    "ode_methods",
     "log_likelihood",
     "uniform_dequantize",
 ]

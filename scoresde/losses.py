@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from solvers.parametrization import broadcast_to, to_eps
+from schedules.parametrization import broadcast_to, to_eps
 
 WEIGHTINGS = ("sigma2", "likelihood", "eps")
 T_SAMPLINGS = ("uniform", "importance")

@@ -205,8 +205,8 @@ def save_scatter(
         heading = "" if (n == 1 and label == "samples") else label
         if outside:
             share = 100.0 * outside / len(p)
-            what = f"{share:.0f}%" if share >= 1 else f"{outside} of {len(p)}"
-            heading += f"{chr(10) if heading else ''}{what} of points outside the frame"
+            what = f"{share:.0f}% of points" if share >= 1 else f"{outside} of {len(p)} points"
+            heading += f"{chr(10) if heading else ''}{what} outside the frame"
         if heading:
             ax.set_title(heading, fontsize=9)
         ax.tick_params(labelsize=8)

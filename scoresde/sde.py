@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 import schedules as S
 from schedules.base import TimeLike, as_float64, check_time
-from solvers.parametrization import broadcast_to
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from schedules.parametrization import broadcast_to
+from solvers.protocol import ScoreFn, pf_velocity
+from solvers.torchsde_solvers import ReverseSDE
 
 
 def _clamp_time(t: Tensor, T: float) -> Tensor:
@@ -55,10 +55,15 @@ class DiffusionSDE(abc.ABC):
     sde_type = "ito"
     noise_type = "diagonal"
     default_t_end: float = 1e-3
+    vp_schedule: bool = True
+    """Whether the process runs on a variance-preserving schedule (else a variance-exploding one)."""
 
     def __init__(self, schedule: S.Schedule) -> None:
         if not isinstance(schedule, S.Schedule):
             raise ValueError(f"schedule={schedule!r} must be a schedules.Schedule")
+        if schedule.variance_preserving != self.vp_schedule:
+            kind = "variance-preserving" if self.vp_schedule else "variance-exploding"
+            raise ValueError(f"{type(self).__name__} needs a {kind} schedule, got {schedule!r}")
         self.schedule = schedule
 
     # -- primitives ---------------------------------------------------------------------------
@@ -200,8 +205,10 @@ class DiffusionSDE(abc.ABC):
 
     # -- derived processes --------------------------------------------------------------------
     def reverse(self, score_fn: ScoreFn, event_shape: Sequence[int] | None = None) -> ReverseSDE:
-        """The reverse-time SDE in ``s = T - t``, integrable by ``torchsde.sdeint``."""
-        return ReverseSDE(self, score_fn, event_shape)
+        """The reverse-time SDE in ``s = T - t``, integrable by ``torchsde.sdeint``: with
+        ``t = T - s``, ``dx = -[f(x, t) - g(t)^2 score(x, t)] ds + g(t) dw_s`` on a
+        ``(batch, d)`` state (unflattened to ``event_shape`` for the score when given)."""
+        return ReverseSDE.from_score_fn(self, score_fn, event_shape)
 
     def probability_flow(self, score_fn: ScoreFn) -> ProbabilityFlowODE:
         """The probability-flow ODE ``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` (torchdiffeq)."""
@@ -222,12 +229,7 @@ class _VPDrift(DiffusionSDE):
     default_t_end = 1e-3
 
     def __init__(self, schedule: S.Schedule | None = None) -> None:
-        schedule = S.LinearVP() if schedule is None else schedule
-        super().__init__(schedule)
-        if not schedule.variance_preserving:
-            raise ValueError(
-                f"{type(self).__name__} needs a variance-preserving schedule, got {schedule!r}"
-            )
+        super().__init__(S.LinearVP() if schedule is None else schedule)
 
     def _log_alpha(self, t: Tensor) -> Tensor:
         return self.schedule._log_alpha(t)
@@ -305,12 +307,10 @@ class VESDE(DiffusionSDE):
     """Variance exploding: ``dx = sqrt(d sigma^2/dt) dw``; ``alpha = 1``; prior ``N(0, sigma(T)^2 I)``."""
 
     default_t_end = 1e-5
+    vp_schedule = False
 
     def __init__(self, schedule: S.Schedule | None = None) -> None:
-        schedule = S.VEGeometric() if schedule is None else schedule
-        super().__init__(schedule)
-        if schedule.variance_preserving:
-            raise ValueError(f"VESDE needs a variance-exploding schedule, got {schedule!r}")
+        super().__init__(S.VEGeometric() if schedule is None else schedule)
 
     def _log_alpha(self, t: Tensor) -> Tensor:
         return self.schedule._log_alpha(t)
@@ -335,40 +335,6 @@ class VESDE(DiffusionSDE):
         return float(self.schedule.sigma(self.T))
 
 
-class ReverseSDE:
-    """The reverse-time SDE in the increasing time ``s = T - t`` (what torchsde needs).
-
-    With ``t = T - s``:  ``dx = -[f(x, t) - g(t)^2 score(x, t)] ds + g(t) dw_s``.
-    The torchsde state is ``(batch, d)``; with ``event_shape`` given (an image's ``(C, H, W)``,
-    say) the state is unflattened before the score is called and flattened again after.
-    """
-
-    sde_type = "ito"
-    noise_type = "diagonal"
-
-    def __init__(
-        self, sde: DiffusionSDE, score_fn: ScoreFn, event_shape: Sequence[int] | None = None
-    ) -> None:
-        self.sde = sde
-        self.score_fn = score_fn
-        self.event_shape = None if event_shape is None else tuple(int(n) for n in event_shape)
-        self.nfe = 0
-
-    def _unflatten(self, y: Tensor) -> Tensor:
-        return y if self.event_shape is None else y.reshape(y.shape[0], *self.event_shape)
-
-    def f(self, s: Tensor, y: Tensor) -> Tensor:
-        t = _clamp_time(self.sde.T - s, self.sde.T)
-        x = self._unflatten(y)
-        self.nfe += 1
-        score = self.score_fn(x, _per_sample_time(t, x.shape[0], x))
-        g2 = self.sde.diffusion(t).to(x.dtype) ** 2
-        return (g2 * score - self.sde.drift(x, t)).reshape(y.shape)
-
-    def g(self, s: Tensor, y: Tensor) -> Tensor:
-        return self.sde.diffusion(_clamp_time(self.sde.T - s, self.sde.T)).to(y.dtype).expand_as(y)
-
-
 class ProbabilityFlowODE(nn.Module):
     """``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` as a torchdiffeq vector field ``(t, x)``.
 
@@ -390,8 +356,9 @@ class ProbabilityFlowODE(nn.Module):
         t = _clamp_time(t, self.sde.T)
         self.nfe += 1
         score = self.score_fn(x, _per_sample_time(t, x.shape[0], x))
+        f = broadcast_to(self.sde.drift_coef(t), x)
         g2 = self.sde.diffusion(t).to(x.dtype) ** 2
-        return self.sde.drift(x, t) - 0.5 * g2 * score, score
+        return pf_velocity(x, score, f, g2), score
 
 
 SDES: dict[str, type[DiffusionSDE]] = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}

@@ -15,14 +15,11 @@ dtype of ``x``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from solvers.protocol import DiffusionProcess
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from solvers.protocol import DiffusionProcess, ScoreFn
 
 
 def _as_f64(value, name: str) -> Tensor:

@@ -1,7 +1,7 @@
 """Deterministic samplers of the probability-flow ODE ``dx/dt = v(x, t) = f(t) x - g(t)^2 score(x, t) / 2``.
 
-Fixed-step methods work on any grid; a step goes from ``t`` to the next grid time ``s < t`` with
-the (negative) step ``d = s - t``. ``ode_adaptive`` hands the ODE to torchdiffeq.
+Fixed-step methods work on any grid; a step goes from ``t`` to the next grid time ``s < t``, a
+step of ``dt = t - s > 0`` backwards in time. ``ode_adaptive`` hands the ODE to torchdiffeq.
 """
 
 from __future__ import annotations
@@ -9,22 +9,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .protocol import pf_velocity
 from .registry import register
+from .resolve import check_tolerances
 from .sampling import SolverContext
 
 
 def _velocity(ctx: SolverContext, x: Tensor, t: float, f: float, g2: float) -> Tensor:
-    """``v(x, t) = f x - g^2 score(x, t) / 2`` (one allocation)."""
-    return torch.mul(ctx.score(x, t), -0.5 * g2).add_(x, alpha=f)
+    """``v(x, t) = f x - g^2 score(x, t) / 2`` (:func:`~solvers.protocol.pf_velocity`)."""
+    return pf_velocity(x, ctx.score(x, t), f, g2)
 
 
 @register("ode_euler", kind="ode", order=1.0, evals_per_step=1, reference="Euler's method")
 def ode_euler(ctx: SolverContext, x: Tensor) -> Tensor:
-    """Euler on the probability-flow ODE: ``x <- x + d v(x, t)``, ``d = s - t``. Order 1."""
+    """Euler on the probability-flow ODE: ``x <- x - dt v(x, t)``, ``dt = t - s``. Order 1."""
     c = ctx.coefficients()
     for i, (t, s) in enumerate(ctx.steps()):
-        d = s - t
-        x = torch.mul(ctx.score(x, t), -0.5 * d * c.g2[i]).add_(x, alpha=1.0 + d * c.f[i])
+        x = ctx.before_step(x, t)
+        dt = t - s
+        x = torch.add(x, _velocity(ctx, x, t, c.f[i], c.g2[i]), alpha=-dt)
         ctx.done(x)
     return x
 
@@ -37,16 +40,17 @@ def ode_euler(ctx: SolverContext, x: Tensor) -> Tensor:
     reference="Heun's method (explicit trapezoidal rule)",
 )
 def ode_heun(ctx: SolverContext, x: Tensor) -> Tensor:
-    """Heun on the probability-flow ODE, ``d = s - t``. Order 2:
+    """Heun on the probability-flow ODE, ``dt = t - s``. Order 2:
 
-    ``k1 = v(x, t)``, ``k2 = v(x + d k1, s)``, ``x <- x + d (k1 + k2) / 2``.
+    ``k1 = v(x, t)``, ``k2 = v(x - dt k1, s)``, ``x <- x - dt (k1 + k2) / 2``.
     """
     c = ctx.coefficients()
     for i, (t, s) in enumerate(ctx.steps()):
-        d = s - t
+        x = ctx.before_step(x, t)
+        dt = t - s
         k1 = _velocity(ctx, x, t, c.f[i], c.g2[i])
-        k2 = _velocity(ctx, torch.add(x, k1, alpha=d), s, c.f[i + 1], c.g2[i + 1])
-        x = torch.add(x, k1.add_(k2), alpha=0.5 * d)
+        k2 = _velocity(ctx, torch.add(x, k1, alpha=-dt), s, c.f[i + 1], c.g2[i + 1])
+        x = torch.add(x, k1.add_(k2), alpha=-0.5 * dt)
         ctx.done(x)
     return x
 
@@ -59,21 +63,22 @@ def ode_heun(ctx: SolverContext, x: Tensor) -> Tensor:
     reference="the classical 4th-order Runge-Kutta method",
 )
 def ode_rk4(ctx: SolverContext, x: Tensor) -> Tensor:
-    """Classical Runge-Kutta on the probability-flow ODE, ``d = s - t``, ``m = (t + s) / 2``. Order 4:
+    """Classical Runge-Kutta on the probability-flow ODE, ``dt = t - s``, ``m = (t + s) / 2``. Order 4:
 
-    ``k1 = v(x, t)``, ``k2 = v(x + d k1 / 2, m)``, ``k3 = v(x + d k2 / 2, m)``,
-    ``k4 = v(x + d k3, s)``, ``x <- x + d (k1 + 2 k2 + 2 k3 + k4) / 6``.
+    ``k1 = v(x, t)``, ``k2 = v(x - dt k1 / 2, m)``, ``k3 = v(x - dt k2 / 2, m)``,
+    ``k4 = v(x - dt k3, s)``, ``x <- x - dt (k1 + 2 k2 + 2 k3 + k4) / 6``.
     """
     c = ctx.coefficients()
     mid = ctx.coefficients((ctx.grid[:-1] + ctx.grid[1:]) / 2)
     for i, (t, s) in enumerate(ctx.steps()):
-        d = s - t
+        x = ctx.before_step(x, t)
+        dt = t - s
         k1 = _velocity(ctx, x, t, c.f[i], c.g2[i])
-        k2 = _velocity(ctx, torch.add(x, k1, alpha=0.5 * d), mid.t[i], mid.f[i], mid.g2[i])
-        k3 = _velocity(ctx, torch.add(x, k2, alpha=0.5 * d), mid.t[i], mid.f[i], mid.g2[i])
-        k4 = _velocity(ctx, torch.add(x, k3, alpha=d), s, c.f[i + 1], c.g2[i + 1])
+        k2 = _velocity(ctx, torch.add(x, k1, alpha=-0.5 * dt), mid.t[i], mid.f[i], mid.g2[i])
+        k3 = _velocity(ctx, torch.add(x, k2, alpha=-0.5 * dt), mid.t[i], mid.f[i], mid.g2[i])
+        k4 = _velocity(ctx, torch.add(x, k3, alpha=-dt), s, c.f[i + 1], c.g2[i + 1])
         k1.add_(k2.add_(k3), alpha=2.0).add_(k4)  # k1 + 2 k2 + 2 k3 + k4
-        x = torch.add(x, k1, alpha=d / 6.0)
+        x = torch.add(x, k1, alpha=-dt / 6.0)
         ctx.done(x)
     return x
 
@@ -135,9 +140,7 @@ def ode_adaptive(
             f"method={method!r}; expected one of {', '.join(ADAPTIVE_METHODS)} (for fixed steps "
             "use the ode_euler, ode_heun or ode_rk4 solvers)"
         )
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
-            raise ValueError(f"{name}={tol!r} must be a positive number")
+    check_tolerances(rtol, atol)
     T, t_end = ctx.times[0], ctx.times[-1]
     span = torch.tensor([T, t_end], dtype=torch.float64, device=x.device)
     first_step = (T - t_end) / (len(ctx.times) - 1)

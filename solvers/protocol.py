@@ -19,19 +19,37 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score_fn(x, t) -> grad_x log p_t(x)``, with ``t`` a per-sample vector of shape ``(B,)``."""
 
 
+def pf_velocity(x: Tensor, score: Tensor, f: float | Tensor, g2: float | Tensor) -> Tensor:
+    """The probability-flow velocity ``v = f x - g^2 score / 2`` (``dx/dt = v``) of the linear
+    drift ``f(x, t) = f x``, at one time, given the score there.
+
+    ``f`` and ``g2 = g^2`` are Python floats (one allocation) or tensors that broadcast against
+    ``x``. Every probability-flow ODE of the library evaluates its field here.
+    """
+    if isinstance(f, Tensor) or isinstance(g2, Tensor):
+        return f * x - 0.5 * g2 * score
+    return torch.mul(score, -0.5 * g2).add_(x, alpha=f)
+
+
 @runtime_checkable
 class DiffusionProcess(Protocol):
     """A forward diffusion that samplers can reverse."""
 
     T: float
     default_t_end: float
+    prior_std: float
+    """Standard deviation of the prior ``p_T = N(0, prior_std^2 I)``."""
 
     def marginal(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha(t), sigma(t))`` of the kernel ``x_t = alpha x_0 + sigma eps``."""
         ...
 
+    def drift_coef(self, t: float | Tensor) -> Tensor:
+        """``f(t)`` of the linear drift ``f(x, t) = f(t) x``."""
+        ...
+
     def drift(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """The forward drift ``f(x, t)``."""
+        """The forward drift ``f(x, t) = f(t) x``."""
         ...
 
     def diffusion(self, t: float | Tensor) -> Tensor:

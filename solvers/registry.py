@@ -4,8 +4,11 @@ A user adds a solver with one decorated function in their own code:
 
     @solvers.register("my_euler", kind="ode", order=1, evals_per_step=1)
     def my_euler(ctx, x):
-        for i, (t, s) in enumerate(ctx.steps()):
-            x = x + (s - t) * ctx.pf_drift(x, t)
+        for t, s in ctx.steps():
+            x = ctx.before_step(x, t)
+            dt = t - s
+            x = x - dt * ctx.pf_drift(x, t)
+            ctx.done(x)
         return x
 
 A solver is ``fn(ctx: SolverContext, x_T: Tensor, **options) -> x_{t_end}``.

@@ -1,6 +1,7 @@
 """Stochastic samplers of the reverse-time SDE ``dx = [f(x,t) - g(t)^2 score(x,t)] dt + g(t) dw-bar``.
 
-Every step goes from ``t`` to the next grid time ``s < t``; ``h = t - s > 0``. The processes are
+Every step goes from ``t`` to the next grid time ``s < t``, a step of ``dt = t - s > 0`` backwards
+in time. The processes are
 linear, ``f(x, t) = f(t) x``, and every coefficient is a Python float computed in float64 once for
 the whole grid, so the loops do no small-tensor arithmetic and no device syncs. The discrete
 coefficients come from the process itself (``transition`` and ``posterior``), so VP, sub-VP and
@@ -44,16 +45,17 @@ def _add_noise(ctx: SolverContext, x: Tensor, std: float) -> Tensor:
     reference="Song et al. 2021 (score-SDE), Euler-Maruyama predictor",
 )
 def euler_maruyama(ctx: SolverContext, x: Tensor) -> Tensor:
-    """Euler-Maruyama on the reverse SDE, from ``t`` to ``s < t`` with ``h = t - s``:
+    """Euler-Maruyama on the reverse SDE, from ``t`` to ``s < t`` with ``dt = t - s``:
 
-    ``x <- x - h [f(t) x - g(t)^2 score(x, t)] + g(t) sqrt(h) z``,  ``z ~ N(0, I)``.
+    ``x <- x - dt [f(t) x - g(t)^2 score(x, t)] + g(t) sqrt(dt) z``,  ``z ~ N(0, I)``.
     Weak order 1 (additive noise).
     """
     c = ctx.coefficients()
     for i, (t, s) in enumerate(ctx.steps()):
-        h = t - s
-        x = _lin(x, 1.0 - h * c.f[i], ctx.score(x, t), h * c.g2[i])
-        x = _add_noise(ctx, x, math.sqrt(h * c.g2[i]))
+        x = ctx.before_step(x, t)
+        dt = t - s
+        x = _lin(x, 1.0 - dt * c.f[i], ctx.score(x, t), dt * c.g2[i])
+        x = _add_noise(ctx, x, math.sqrt(dt * c.g2[i]))
         ctx.done(x)
     return x
 
@@ -95,6 +97,7 @@ def ancestral(ctx: SolverContext, x: Tensor) -> Tensor:
     """
     coefs = _ancestral_coefficients(ctx)
     for i, (t, _s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t)
         a, b, std = coefs[i]
         x = _add_noise(ctx, _lin(x, a, ctx.score(x, t), b), std)
         ctx.done(x)
@@ -155,9 +158,9 @@ def predictor_corrector(
     paper's Algorithms 2 and 3; the reference code runs the corrector first, at ``t``). So the
     last correction acts at ``t_end``, on the state that is returned (or denoised). With the
     discrete kernel ``x_t = a x_s + sigma_{t|s} z`` (``a = alpha_{t|s}``) from
-    ``process.transition(s, t)`` and ``h = t - s``, the predictors are
+    ``process.transition(s, t)`` and ``dt = t - s``, the predictors are
 
-    * ``euler_maruyama``: ``x <- (1 - h f(t)) x + h g(t)^2 score + sqrt(h) g(t) z``;
+    * ``euler_maruyama``: ``x <- (1 - dt f(t)) x + dt g(t)^2 score + sqrt(dt) g(t) z``;
     * ``reverse_diffusion``: ``x <- (2 - a) x + sigma_{t|s}^2 score + sigma_{t|s} z`` (VP:
       ``(2 - sqrt(1 - beta_i)) x + beta_i score + sqrt(beta_i) z``);
     * ``ancestral``: the posterior step of the ``ancestral`` solver;
@@ -183,11 +186,12 @@ def predictor_corrector(
     anc = _ancestral_coefficients(ctx) if predictor == "ancestral" else None
     n_corr = corrector_steps if corrector == "langevin" else 0
     for i, (t, s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t)
         score = ctx.score(x, t)
         if predictor == "euler_maruyama":
-            h = t - s
+            dt = t - s
             x = _add_noise(
-                ctx, _lin(x, 1.0 - h * c.f[i], score, h * c.g2[i]), math.sqrt(h * c.g2[i])
+                ctx, _lin(x, 1.0 - dt * c.f[i], score, dt * c.g2[i]), math.sqrt(dt * c.g2[i])
             )
         elif predictor == "reverse_diffusion":
             x = _add_noise(ctx, _lin(x, 2.0 - a_ts[i], score, sig_ts[i] ** 2), sig_ts[i])

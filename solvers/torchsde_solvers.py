@@ -20,19 +20,27 @@ steps must see the same Brownian path.
 Two torchsde habits are neutralised: its shape check calls the drift once per ``sdeint`` call
 (answered here with zeros of the right shape, no score evaluation), and SRK evaluates the drift
 twice at the start of a step (answered from a one-entry cache).
+
+Options of every solver here: ``adaptive`` (default False: one step per grid interval; True:
+torchsde's step-doubling error control from ``dt = (T - t_end) / steps`` with ``rtol``/``atol``,
+default 1e-3, on a seeded ``BrownianInterval``; then not affine and ``stats.steps`` counts
+accepted steps).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .protocol import DiffusionProcess, ScoreFn
 from .registry import register
-from .sampling import SolverContext
+from .resolve import check_tolerances
+from .sampling import Coefficients, SolverContext
 
 try:  # torchsde is a dependency, but keep `import solvers` working without it
     from torchsde import BaseBrownian, BrownianInterval, sdeint
@@ -129,39 +137,75 @@ class _RecordingBrownian(BaseBrownian):
         return self._bm.levy_area_approximation
 
 
-class _ReverseTimeSDE:
-    """The reverse SDE in ``s = T - t`` on the flattened state, scored through ``ctx.score``.
+class ReverseSDE:
+    """The reverse SDE in the increasing time ``s = T0 - t`` on the flattened state ``y``:
 
-    ``f(s, y) = g(t)^2 score(y, t) - f(t) y``; the subclasses give the diffusion.
+        dy = [g(t)^2 score(y, t) - f(t) y] ds + g(t) dW_s,      t = T0 - s,
+
+    the form ``torchsde.sdeint`` integrates (``T0``: where the reverse run starts, default
+    ``sde.T``). ``score(x, t)`` takes a Python float time: the solvers pass ``ctx.score`` (NFE,
+    NaN checks); :meth:`from_score_fn` wraps a user ``score_fn(x, t)`` with ``t`` of shape
+    ``(B,)``. With ``event_shape`` (an image's ``(C, H, W)``, say) the state is unflattened
+    before the score is called. Diagonal noise gives ``g``; additive noise only ``g_prod``
+    (torchsde would otherwise build the ``(B, d, d)`` matrix). Times are clamped into
+    ``[0, T0]`` (integrators land a hair outside). ``nfe`` counts the score evaluations.
     """
 
     def __init__(
-        self, ctx: SolverContext, event_shape: tuple[int, ...], sde_type: str, noise_type: str
+        self,
+        sde: DiffusionProcess,
+        score: Callable[[Tensor, float], Tensor],
+        event_shape: Sequence[int] | None = None,
+        sde_type: str = "ito",
+        noise_type: str = "diagonal",
+        T0: float | None = None,
     ) -> None:
-        self.ctx = ctx
+        self.sde = sde
+        self.score = score
+        self.event_shape = None if event_shape is None else tuple(int(n) for n in event_shape)
         self.sde_type = sde_type
         self.noise_type = noise_type
-        self.event_shape = event_shape
-        self.T = ctx.times[0]
-        self.probe = False
+        self.T0 = float(sde.T if T0 is None else T0)
+        self.nfe = 0
+        self.probe = False  # answer torchsde's shape check with zeros (no score evaluation)
         self._memo: tuple[float, Tensor, Tensor] | None = None
-        c = ctx.coefficients()
-        self.s_grid = [self.T - t for t in c.t]
-        # coefficients by reverse time: the grid's exactly, stage times on demand
-        self._coefs: dict[float, tuple[float, float, float]] = {
-            s: (t, f, g2) for s, t, f, g2 in zip(self.s_grid, c.t, c.f, c.g2, strict=True)
-        }
+        self._coefs: dict[float, tuple[float, float, float]] = {}
+        if noise_type == "diagonal":  # torchsde reads additive noise from g_prod only: no g
+            self.g = self._g_diagonal
+
+    @classmethod
+    def from_score_fn(
+        cls,
+        sde: DiffusionProcess,
+        score_fn: ScoreFn,
+        event_shape: Sequence[int] | None = None,
+    ) -> ReverseSDE:
+        """The reverse SDE of ``sde`` for a ``score_fn(x, t)`` with ``t`` of shape ``(B,)``."""
+
+        def score(x: Tensor, t: float) -> Tensor:
+            return score_fn(x, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device))
+
+        return cls(sde, score, event_shape)
+
+    def cache(self, c: Coefficients) -> None:
+        """Remember the coefficients at the grid times ``c.t`` (looked up by reverse time)."""
+        for t, f, g2 in zip(c.t, c.f, c.g2, strict=True):
+            self._coefs[self.T0 - t] = (t, f, g2)
 
     def _at(self, s: float) -> tuple[float, float, float]:
         """``(t, f(t), g(t)^2)`` at reverse time ``s``."""
         hit = self._coefs.get(s)
         if hit is None:
-            t = min(max(self.T - s, 0.0), self.T)
-            c = self.ctx.coefficients([t])
-            hit = (t, c.f[0], c.g2[0])
+            t = min(max(self.T0 - s, 0.0), self.T0)
+            t64 = torch.tensor([t], dtype=torch.float64)
+            f = float(self.sde.drift_coef(t64).to(torch.float64))
+            g2 = float(self.sde.diffusion(t64).to(torch.float64)) ** 2
+            hit = (t, f, g2)
         return hit
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
+        """The drift ``g(t)^2 score(y, t) - f(t) y`` (the last value is reused for the same
+        ``(s, y)``: SRK evaluates it twice at the start of a step)."""
         if self.probe:  # torchsde's shape check: it only reads the size
             self.probe = False
             return torch.zeros_like(y)
@@ -170,24 +214,19 @@ class _ReverseTimeSDE:
         if memo is not None and memo[1] is y and memo[0] == sf:
             return memo[2]
         t, f, g2 = self._at(sf)
-        score = self.ctx.score(y.reshape(y.shape[0], *self.event_shape), t)
-        out = torch.mul(score.reshape(y.shape), g2).add_(y, alpha=-f)
+        x = y if self.event_shape is None else y.reshape(y.shape[0], *self.event_shape)
+        self.nfe += 1
+        out = torch.mul(self.score(x, t).reshape(y.shape), g2).add_(y, alpha=-f)
         self._memo = (sf, y, out)
         return out
 
-
-class _DiagonalReverseSDE(_ReverseTimeSDE):
-    """Diagonal noise: ``g(s, y) = g(t)`` broadcast to ``y``'s shape."""
-
-    def g(self, s: Tensor, y: Tensor) -> Tensor:
+    def _g_diagonal(self, s: Tensor, y: Tensor) -> Tensor:
+        """Diagonal noise: ``g(t)`` broadcast to ``y``'s shape."""
         g = math.sqrt(self._at(float(s))[2])
-        return torch.full((1, 1), g, dtype=y.dtype, device=y.device).expand_as(y)
-
-
-class _AdditiveReverseSDE(_ReverseTimeSDE):
-    """Additive noise without the ``(B, d, d)`` matrix: ``g_prod(s, y, v) = g(t) v``."""
+        return torch.full((1,) * y.dim(), g, dtype=y.dtype, device=y.device).expand_as(y)
 
     def g_prod(self, s: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Additive noise: ``g(t) v``."""
         return v * math.sqrt(self._at(float(s))[2])
 
 
@@ -219,10 +258,22 @@ def _rng_fork(x: Tensor):
     return torch.random.fork_rng(devices=[index], device_type=x.device.type)
 
 
-def _check_tolerances(rtol: float, atol: float) -> None:
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol > 0:
-            raise ValueError(f"{name}={tol!r} must be a positive number")
+# Reversible Heun's parasitic mode needs fine steps. Measured (ring_2d, VP, exact score, 2,000
+# samples, per-mode W2; EM reaches 0.09 at 20 steps): 1.31 / 0.94 / 0.71 / 0.49 / 0.21 at 250 /
+# 500 / 1,000 / 2,000 / 4,000 steps. See BENCHMARKS.md.
+REVERSIBLE_HEUN_MIN_STEPS = 4000
+
+
+def _warn_coarse(method: str, steps: int) -> None:
+    if method == "reversible_heun" and steps < REVERSIBLE_HEUN_MIN_STEPS:
+        warnings.warn(
+            f"torchsde_reversible_heun with steps={steps}: its parasitic mode makes it inaccurate "
+            f"below about {REVERSIBLE_HEUN_MIN_STEPS} steps on a VP mixture (per-mode W2 0.49 at "
+            "2,000 steps, where euler_maruyama reaches 0.09 at 20) and it diverges on VE; use "
+            "torchsde_srk or a native sampler",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _run(
@@ -230,14 +281,24 @@ def _run(
 ) -> Tensor:
     if not isinstance(adaptive, bool):
         raise ValueError(f"adaptive={adaptive!r} must be True or False")
-    _check_tolerances(rtol, atol)
+    if not adaptive:
+        _warn_coarse(method, len(ctx.times) - 1)
+    check_tolerances(rtol, atol)
     spec = _METHODS[method]
-    cls = _AdditiveReverseSDE if spec["noise_type"] == "additive" else _DiagonalReverseSDE
-    sde = cls(ctx, tuple(x.shape[1:]), spec["sde_type"], spec["noise_type"])
+    reverse = ReverseSDE(
+        ctx.sde, ctx.score, x.shape[1:], spec["sde_type"], spec["noise_type"], ctx.times[0]
+    )
+    reverse.cache(ctx.coefficients())
+    s_grid = [reverse.T0 - t for t in ctx.times]
     y = x.reshape(x.shape[0], -1)
     opts = None if spec["options"] is None else dict(spec["options"])
     if adaptive:
-        s0, s1 = sde.s_grid[0], sde.s_grid[-1]
+        if ctx.hook is not None:
+            raise ValueError(
+                "adaptive=True chooses its own steps; a before_step hook (inpainting) needs "
+                "fixed steps (adaptive=False)"
+            )
+        s0, s1 = s_grid[0], s_grid[-1]
         g = ctx.generator
         entropy = int(
             torch.randint(0, 2**62, (1,), generator=g, device=g.device if g is not None else "cpu")
@@ -255,15 +316,15 @@ def _run(
             ctx,
         )
         ts = torch.tensor([s0, s1], dtype=torch.float64)
-        sde.probe = True
+        reverse.probe = True
         with _rng_fork(y):
             ys = sdeint(
-                sde,
+                reverse,
                 y,
                 ts,
                 bm=bm,
                 method=method,
-                dt=(s1 - s0) / (len(sde.s_grid) - 1),
+                dt=(s1 - s0) / (len(s_grid) - 1),
                 adaptive=True,
                 rtol=float(rtol),
                 atol=float(atol),
@@ -275,13 +336,14 @@ def _run(
         return out
     bm = _FreshIncrements(ctx, y, spec["levy"])
     extra = None
-    for i, _ in enumerate(ctx.steps()):
-        s0, s1 = sde.s_grid[i], sde.s_grid[i + 1]
+    for i, (t, _s) in enumerate(ctx.steps()):
+        y = ctx.before_step(y.reshape(x.shape), t).reshape(y.shape)
+        s0, s1 = s_grid[i], s_grid[i + 1]
         ts = torch.tensor([s0, s1], dtype=torch.float64)
-        sde.probe = True
+        reverse.probe = True
         with _rng_fork(y):
             ys, extra = sdeint(
-                sde,
+                reverse,
                 y,
                 ts,
                 bm=bm,
@@ -303,20 +365,9 @@ def _fixed(options: dict[str, Any]) -> bool:
 _OPTIONS = {"adaptive": False, "rtol": 1e-3, "atol": 1e-3}
 
 
-def _make(method: str, order: float, evals: int, reference: str, doc: str) -> Callable:
-    def solver(
-        ctx: SolverContext,
-        x: Tensor,
-        adaptive: bool = False,
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-    ) -> Tensor:
-        return _run(ctx, x, method, adaptive, rtol, atol)
-
-    solver.__doc__ = doc
-    solver.__name__ = solver.__qualname__ = f"torchsde_{method}"
+def _register(name: str, order: float, evals: int, reference: str) -> Callable:
     return register(
-        f"torchsde_{method}",
+        name,
         kind="sde",
         order=order,
         evals_per_step=evals,
@@ -324,65 +375,71 @@ def _make(method: str, order: float, evals: int, reference: str, doc: str) -> Ca
         affine=True,
         affine_when=_fixed,
         reference=reference,
-    )(solver)
+    )
 
 
-_TAIL = """
-
-    Options: ``adaptive`` (default False: one step per grid interval; True: torchsde's
-    step-doubling error control from ``dt = (T - t_end) / steps`` with ``rtol``/``atol``,
-    default 1e-3, on a seeded ``BrownianInterval``; then not affine and ``stats.steps`` counts
-    accepted steps).
-    """
-
-torchsde_euler = _make(
-    "euler",
-    1.0,
-    1,
-    "torchsde.sdeint(method='euler')",
+@_register("torchsde_euler", 1.0, 1, "torchsde.sdeint(method='euler')")
+def torchsde_euler(
+    ctx: SolverContext, x: Tensor, adaptive: bool = False, rtol: float = 1e-3, atol: float = 1e-3
+) -> Tensor:
     """torchsde Euler-Maruyama on the reverse SDE in ``s = T - t`` (Ito, diagonal noise):
 
     ``y <- y + F(s, y) ds + g dW``, ``F = g^2 score - f y``. Weak order 1; the same update as
-    ``euler_maruyama``."""
-    + _TAIL,
-)
-torchsde_milstein = _make(
-    "milstein",
-    1.0,
-    1,
-    "torchsde.sdeint(method='milstein'), derivative-free",
+    ``euler_maruyama``. Options: see the module docstring.
+    """
+    return _run(ctx, x, "euler", adaptive, rtol, atol)
+
+
+@_register("torchsde_milstein", 1.0, 1, "torchsde.sdeint(method='milstein'), derivative-free")
+def torchsde_milstein(
+    ctx: SolverContext, x: Tensor, adaptive: bool = False, rtol: float = 1e-3, atol: float = 1e-3
+) -> Tensor:
     """torchsde Milstein (Ito, diagonal noise, derivative-free) on the reverse SDE in ``s = T - t``:
 
     ``y <- y + F ds + g dW + (g(y') - g(y)) (dW^2 - ds) / (2 sqrt(ds))``; the correction is exactly
-    0 for the additive noise here, so it is Euler-Maruyama. Weak order 1."""
-    + _TAIL,
-)
-torchsde_srk = _make(
-    "srk",
+    0 for the additive noise here, so it is Euler-Maruyama. Weak order 1. Options: see the
+    module docstring.
+    """
+    return _run(ctx, x, "milstein", adaptive, rtol, atol)
+
+
+@_register(
+    "torchsde_srk",
     2.0,  # weak order (the registry's order for SDE solvers); strong order 1.5
     2,
     "torchsde.sdeint(method='srk'); Rossler 2010, SRA1 for additive noise",
+)
+def torchsde_srk(
+    ctx: SolverContext, x: Tensor, adaptive: bool = False, rtol: float = 1e-3, atol: float = 1e-3
+) -> Tensor:
     """torchsde stochastic Runge-Kutta (Rossler's SRA1, additive noise) in ``s = T - t``:
 
     with ``I = dW``, ``I0 = U / ds`` (space-time Levy area) and ``s' = s + ds``,
     ``H1 = y + 3/4 F(s, y) ds + 3/2 g(s') I0``,
     ``y <- y + (F(s, y) / 3 + 2 F(s + 3/4 ds, H1) / 3) ds + g(s') (I - I0) + g(s) I0``.
     Strong order 1.5, weak order 2 (additive noise; Rossler 2010); two drift (score)
-    evaluations per step."""
-    + _TAIL,
-)
-torchsde_reversible_heun = _make(
-    "reversible_heun",
+    evaluations per step. Options: see the
+    module docstring.
+    """
+    return _run(ctx, x, "srk", adaptive, rtol, atol)
+
+
+@_register(
+    "torchsde_reversible_heun",
     2.0,  # weak order on this additive-noise problem (measured: tests/test_solver_orders.py)
     1,
     "torchsde.sdeint(method='reversible_heun'); Kidger et al. 2021",
+)
+def torchsde_reversible_heun(
+    ctx: SolverContext, x: Tensor, adaptive: bool = False, rtol: float = 1e-3, atol: float = 1e-3
+) -> Tensor:
     """torchsde reversible Heun (Stratonovich = Ito here) in ``s = T - t``, with the extra state ``z``:
 
     ``z' = 2 y - z + F(z) ds + g dW``, ``y <- y + (F(z) + F(z')) ds / 2 + g dW``, ``z <- z'``.
     One score evaluation per step (plus one at the start). Only weakly stable: on the
     contracting reverse SDE its parasitic mode ``y - z`` grows like ``exp(int g^2 / S ds)``
-    (``S`` the marginal variance), which nonlinear scores excite. Measured on a 2-D mixture: on
-    VP it needs ~4,000 steps; on VE (``sigma_max = 50``) it diverges at any practical step
-    count. Prefer ``torchsde_srk`` or the native samplers."""
-    + _TAIL,
-)
+    (``S`` the marginal variance), which nonlinear scores excite (measurements in
+    BENCHMARKS.md); prefer ``torchsde_srk`` or the native samplers. Options: see the module
+    docstring.
+    """
+    return _run(ctx, x, "reversible_heun", adaptive, rtol, atol)

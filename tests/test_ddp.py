@@ -68,6 +68,7 @@ def _torchrun(tmp_path, out, steps, mode="fresh"):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "broadcast_buffers" not in proc.stderr, proc.stderr[-3000:]  # no deprecated API
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 

@@ -216,7 +216,7 @@ def test_solver_variants_compare_grids_and_options():
     assert by["dpm++ uniform"].error != by["dpm++ log_snr"].error
     assert result.settings["solver_grids"]["dpm++ log_snr"] == "log_snr"
     with pytest.raises(ValueError, match="unknown option"):
-        run_study({"x": ("ddim", {"eta": 1.0})}, ["gaussian_iso_2d"], [8])
+        run_study({"x": ("ddim", {"bogus": 1.0})}, ["gaussian_iso_2d"], [8])
 
 
 def test_builtin_targets_are_well_formed():
@@ -296,7 +296,7 @@ def test_cli_check_runs_and_writes_files(tmp_path, capsys):
     [
         (["--solvers", "nope"], "available solvers: .*ddim"),
         (["--target", "nope"], "available targets: .*ring_2d"),
-        (["--solvers", "ddim:eta=1"], "unknown option"),
+        (["--solvers", "ddim:bogus=1"], "unknown option"),
         (["--solvers", "ddim:eta"], "expected NAME:OPTION=VALUE"),
         (["--sde", "nope"], "available: .*VPSDE"),
         (["--solvers", "ode_adaptive"], "adaptive"),
@@ -314,3 +314,27 @@ def test_cli_check_list(capsys):
     assert main(["check", "--list"]) == 0
     out = capsys.readouterr().out
     assert "dpm_solver_pp_2m" in out and "mixture_16d" in out and "adaptive" in out
+
+
+def test_per_mode_w2_is_zero_on_exact_moments_and_sees_mode_shape_errors():
+    """Soft-assigned moments of exact samples converge to the components' (the floor falls like
+    n^-1/2); a shift or a rescaling of every mode raises the error by the Bures W2 of that change."""
+    from scoresde.harness import per_mode_w2
+
+    target = GaussianMixture(
+        weights=[0.7, 0.3], means=[[-1.0, 0.0], [1.0, 0.5]], covs=[0.3, 0.2]
+    )  # overlapping modes: hard assignment would be biased, soft is not
+    g = torch.Generator().manual_seed(0)
+    small = per_mode_w2(target.sample(2_000, generator=g, dtype=torch.float64), target)
+    large = per_mode_w2(target.sample(128_000, generator=g, dtype=torch.float64), target)
+    assert large < small / 3  # 64x the samples: ~8x lower for an n^-1/2 floor, 2.8x for n^-1/4
+    assert large < 0.02
+    # every sample moved by a constant: the fitted modes move with it (not exactly by the shift,
+    # since responsibilities change too), far above the floor
+    x = target.sample(32_000, generator=g, dtype=torch.float64)
+    assert per_mode_w2(x + torch.tensor([0.3, 0.0], dtype=torch.float64), target) > 10 * large
+    # a solver that lost a mode entirely scores inf, as mode_errors' mean error does
+    one_mode = target.means[0] + 0.3**0.5 * torch.randn(1000, 2, generator=g, dtype=torch.float64)
+    far = one_mode - 50.0
+    assert per_mode_w2(far, target) == math.inf or per_mode_w2(far, target) > 1.0
+    assert mode_errors(x, target)["per_mode_w2"] == pytest.approx(per_mode_w2(x, target))

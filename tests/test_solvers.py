@@ -38,17 +38,25 @@ STEPS = {
     "ancestral": 200,
     "ddim": 100,
     "dpm_solver_pp_2m": 25,
+    "dpm_solver_pp_2m_sde": 50,
+    "dpm_solver_pp_3m": 25,
+    "dpm_solver_pp_3m_sde": 50,
     "edm_heun": 50,
     "euler_maruyama": 100,
+    "ipndm": 25,
     "ode_adaptive": 100,  # a first-step hint only
     "ode_euler": 100,
     "ode_heun": 50,
     "ode_rk4": 25,
     "predictor_corrector": 100,
+    "restart": 50,  # every Heun step, the 6 of the restarts included
+    "sa_solver": 50,
+    "sde_adaptive": 100,  # a first-step hint only
     "torchsde_euler": 100,
     "torchsde_milstein": 100,
     "torchsde_reversible_heun": 200,
     "torchsde_srk": 50,
+    "unipc": 25,
 }
 STEPS_OVERRIDE = {("ode_euler", "VE"): 1000}
 

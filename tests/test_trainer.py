@@ -193,7 +193,12 @@ def test_builtin_datasets_have_the_documented_geometry():
     x, y = digits.stream(64, seed=0).batch(0)
     assert digits.info.shape == (1, 8, 8) and digits.info.num_classes == 10
     assert x.min() >= -1 and x.max() <= 1 and y.min() >= 0 and y.max() <= 9
-    assert len(digits.x) == 1797 and digits.info.is_image and not digits.info.is_2d
+    assert len(digits.x) == 1500 and digits.info.is_image and not digits.info.is_2d
+    # the 297 held-out images are disjoint from the 1,500 trained on (as rows of pixels)
+    test, what = digits.heldout(10_000)
+    assert len(test) == 297 and "held-out" in what
+    train_rows = {tuple(r.tolist()) for r in digits.x.flatten(1)}
+    assert not any(tuple(r.tolist()) in train_rows for r in test.flatten(1))
 
 
 class _Points(Dataset):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._args import integer, positive_float, positive_int
+from ._args import HelpFormatter, integer, output_dir, plain, positive_float, positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "check",
         help="measure solver accuracy against exact targets (table, orders, plot, CSV/JSON)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--solvers",
@@ -78,9 +78,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="CPU threads for torch and BLAS (default: %(default)s; the study's tensors are "
         "small, and extra threads only contend with other work on a shared machine)",
     )
+    p.add_argument(
+        "--score-error",
+        default=None,
+        metavar="KIND:SIZE",
+        help="sample with an imperfect score: scale, bias or lownoise (e.g. scale:0.1); adds the "
+        "exponential SDE samplers to the default solvers and reports the NFE at which "
+        "stochastic samplers overtake ODE ones",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list solvers and targets, then exit")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        help="check solvers on this trained model (checkpoint or export directory) against its "
+        "own converged reference runs instead of the analytic targets",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -141,10 +155,46 @@ def _thread_limit(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _check_ckpt(args: argparse.Namespace, fail: Any) -> int:
+    """``check --ckpt``: :func:`scoresde.model_check.check_model` on a trained model."""
+    import json
+
+    from ..model_check import check_model, format_table
+    from ..training import CheckpointError, load_pretrained
+
+    try:
+        sde, model, score_fn, meta = load_pretrained(args.ckpt, "cpu")
+        if model.num_classes is not None:  # unconditional, through the null label
+            score_fn = model.score_fn(model.null_label)
+        names = None if args.solvers in (None, ["all"]) else args.solvers
+        with _thread_limit(args.threads):
+            result = check_model(
+                sde, score_fn, meta["data"]["shape"], names, args.nfe, args.samples, args.seed
+            )
+    except (FileNotFoundError, CheckpointError, ValueError) as err:
+        return fail(str(err))
+    print(format_table(result))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "model_check.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=1, default=float)
+    print(f"wrote {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import solvers
 
-    from ..harness import TARGETS, fixed_step_solvers, run_study
+    from ..harness import (
+        DEFAULT_SOLVERS,
+        SCORE_ERROR_SOLVERS,
+        TARGETS,
+        crossover_table,
+        crossovers,
+        fixed_step_solvers,
+        parse_score_error,
+        run_study,
+    )
     from ..sde import SDES
 
     def fail(msg: str) -> int:
@@ -154,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(_listing())
         return 0
+    if args.ckpt:
+        return _check_ckpt(args, fail)
     try:
         chosen: dict[str, tuple[str, dict[str, Any]]] | list[str] | None = None
         if args.solvers is not None:
@@ -172,9 +224,16 @@ def run(args: argparse.Namespace) -> int:
         if args.sde not in SDES:
             raise ValueError(f"unknown SDE {args.sde!r}; available: {', '.join(SDES)}")
         sde = SDES[args.sde]()
+        score_error = None
+        if args.score_error is not None:
+            score_error = parse_score_error(args.score_error)
+            if chosen is None:
+                chosen = [*DEFAULT_SOLVERS, *SCORE_ERROR_SOLVERS]
     except ValueError as err:
         return fail(str(err))
 
+    if problem := output_dir(args.out):
+        return fail(problem)
     start = time.perf_counter()
     try:
         with _thread_limit(args.threads):
@@ -188,13 +247,27 @@ def run(args: argparse.Namespace) -> int:
                 t_end=args.t_end,
                 grid=args.grid,
                 progress=not args.quiet,
+                score_error=score_error,
             )
     except ValueError as err:
         return fail(str(err))
     elapsed = time.perf_counter() - start
 
+    for s in result.settings["skipped"]:
+        print(
+            f"note: {s['solver']} skipped at NFE {s['nfe']}: one step plus the denoising "
+            f"evaluation needs NFE >= {s['min_nfe']}"
+        )
     print(result.table())
     print(result.orders_table())
+    title = None
+    if score_error is not None:
+        print(f"\nScore error {args.score_error}: best ODE against best stochastic sampler")
+        print(crossover_table(result))
+        cross = crossovers(result)
+        title = f"score error {args.score_error}; stochastic overtakes ODE at NFE " + ", ".join(
+            f"{t}: {'none' if b is None else b}" for t, b in cross.items()
+        )
     os.makedirs(args.out, exist_ok=True)
     written = [
         result.to_csv(os.path.join(args.out, "results.csv")),
@@ -202,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if not args.no_plot:
         try:
-            written.append(result.plot(os.path.join(args.out, "error_vs_nfe.png")))
+            written.append(result.plot(os.path.join(args.out, "error_vs_nfe.png"), title))
             for t in result.targets:
                 if any(k[1] == t for k in result.samples):
                     written.append(

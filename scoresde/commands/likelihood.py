@@ -3,11 +3,15 @@
     scoresde likelihood --ckpt runs/digits/checkpoint.pt --n 500
     scoresde likelihood --ckpt runs/moons/checkpoint.pt --data moons --divergence hutchinson
 
-Prints the mean negative log-likelihood in nats per sample and in bits per dimension, with its
-standard error, and the number of ODE function evaluations. Quantised data (images, or any data
-with a value range whose values lie on an evenly spaced grid, like the 17 levels of the digits)
-are uniformly dequantised first and the bits/dim include the offset ``log2(levels / (hi - lo))``
-(8 for 8-bit data in [0, 1], 7 in [-1, 1]); continuous data are evaluated as they are.
+Prints the cost up front (divergence mode, backward passes per evaluation, NFE of fixed-step
+methods), then the mean negative log-likelihood in nats per sample and in bits per dimension,
+with its standard error, and the number of ODE function evaluations. The data scored are held
+out from training where the set has a held-out part (digits: the 297 images outside the 1,500
+trained on; synthetic sets: fresh draws); `--split train` scores training data instead. The
+output names them. Quantised data (images, or any data with a value range whose values lie on
+an evenly spaced grid, like the 17 levels of the digits) are uniformly dequantised first and the
+bits/dim include the offset ``log2(levels / (hi - lo))`` (8 for 8-bit data in [0, 1], 7 in
+[-1, 1]); continuous data are evaluated as they are.
 """
 
 from __future__ import annotations
@@ -21,29 +25,52 @@ from typing import Any
 
 import torch
 
-from ._args import nonneg_int, positive_float, positive_int
+from ._args import HelpFormatter, nonneg_int, output_file, plain, positive_float, positive_int
+
+EXACT_MAX_DIM = 16
+"""The default divergence is exact up to this many dimensions per sample, Hutchinson above
+(exact costs one backward pass per dimension and evaluation)."""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "likelihood",
         help="exact NLL (nats, bits/dim) of a checkpoint via the probability-flow ODE",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--ckpt", required=True, help="checkpoint file written by `scoresde train`")
     p.add_argument("--data", default=None, help="dataset name (default: the checkpoint's)")
     p.add_argument("--n", type=positive_int, default=500, help="number of data samples")
-    p.add_argument("--rtol", type=positive_float, default=1e-5)
-    p.add_argument("--atol", type=positive_float, default=1e-5)
-    p.add_argument("--method", default="dopri5", help="torchdiffeq method (default dopri5)")
+    p.add_argument("--rtol", type=positive_float, default=1e-5, help="adaptive solver rtol")
+    p.add_argument("--atol", type=positive_float, default=1e-5, help="adaptive solver atol")
+    p.add_argument("--method", default="dopri5", help="torchdiffeq method")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="uniform steps of a fixed-step --method (euler, midpoint, rk4, ...; default "
+        "1000); adaptive methods choose their own from --rtol/--atol",
+    )
     p.add_argument(
         "--divergence",
         choices=("exact", "hutchinson"),
         default=None,
-        help="default: exact up to 256 dimensions, else hutchinson",
+        help=f"default: exact up to {EXACT_MAX_DIM} dimensions, else hutchinson",
     )
-    p.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
+    p.add_argument(
+        "--split",
+        choices=("heldout", "train"),
+        default="heldout",
+        help="score held-out data (falls back to training data, with a note, when the set "
+        "has none) or the training data",
+    )
+    p.add_argument(
+        "--probe",
+        choices=("rademacher", "gaussian"),
+        default="rademacher",
+        help="Hutchinson probe distribution",
+    )
     p.add_argument("--t-eps", type=positive_float, default=1e-5, help="start time of the ODE")
     p.add_argument(
         "--num-bins",
@@ -53,11 +80,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-dequantize", action="store_true", help="evaluate the data as they are")
     p.add_argument("--batch", type=positive_int, default=500, help="samples per ODE solve")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument(
+        "--seed", type=nonneg_int, default=0, help="seeds the data, dequantisation and probes"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--float64", action="store_true", help="integrate in float64")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
@@ -83,13 +113,31 @@ def infer_num_bins(
 
 def run(args: argparse.Namespace) -> int:
     from ..data import DATASETS, get_dataset
-    from ..likelihood import bits_per_dim, dequantization_offset, log_likelihood, uniform_dequantize
+    from ..likelihood import (
+        DEFAULT_FIXED_STEPS,
+        bits_per_dim,
+        dequantization_offset,
+        is_fixed_step,
+        log_likelihood,
+        ode_methods,
+        uniform_dequantize,
+    )
     from ..training import CheckpointError, load_pretrained
 
     def fail(msg: str) -> int:
         print(f"scoresde likelihood: error: {msg}", file=sys.stderr)
         return 2
 
+    if args.json and (problem := output_file(args.json)):
+        return fail(problem)
+    if args.method not in ode_methods():
+        return fail(f"unknown --method {args.method!r}; expected one of {', '.join(ode_methods())}")
+    fixed = is_fixed_step(args.method)
+    if args.steps is not None and not fixed:
+        return fail(
+            f"--steps {args.steps} is for fixed-step methods; --method {args.method} chooses its "
+            "own steps (set --rtol/--atol)"
+        )
     try:
         sde, model, score_fn, meta = load_pretrained(args.ckpt, args.device, ema=not args.no_ema)
     except (FileNotFoundError, CheckpointError, ValueError) as err:
@@ -113,7 +161,14 @@ def run(args: argparse.Namespace) -> int:
     dtype = torch.float64 if args.float64 else torch.float32
     if args.float64:
         model.double()
-    x = data.reference(args.n, seed=args.seed).to(dtype)
+    held = data.heldout(args.n, seed=args.seed) if args.split == "heldout" else None
+    if held is not None:
+        x, scored = held
+    else:
+        x, scored = data.reference(args.n, seed=args.seed), "training data"
+        if args.split == "heldout":
+            print(f"note: {name!r} has no held-out part; scoring training data")
+    x = x.to(dtype)
     value_range = data.info.value_range
     num_bins = None
     if value_range is not None and not args.no_dequantize:
@@ -123,7 +178,26 @@ def run(args: argparse.Namespace) -> int:
         elif num_bins < 2:
             return fail(f"--num-bins {num_bins} must be at least 2")
     D = x[0].numel()
-    divergence = args.divergence or ("exact" if D <= 256 else "hutchinson")
+    divergence = args.divergence or ("exact" if D <= EXACT_MAX_DIM else "hutchinson")
+    steps = (args.steps or DEFAULT_FIXED_STEPS) if fixed else None
+
+    per_eval = f"{D} backward passes" if divergence == "exact" else "1 backward pass"
+    why = (
+        ""
+        if args.divergence
+        else f", the default for D {'<=' if D <= EXACT_MAX_DIM else '>'} {EXACT_MAX_DIM}"
+    )
+    solves = math.ceil(len(x) / args.batch)
+    if fixed:
+        stages = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}.get(args.method)
+        nfe = f"{steps * stages} evaluations per solve" if stages else f"{steps} steps per solve"
+    else:
+        nfe = f"NFE per solve chosen by {args.method} from rtol/atol (not known in advance)"
+    print(
+        f"cost: {solves} ODE solve(s) of up to {args.batch} samples; divergence={divergence}"
+        f"{why}: each evaluation is 1 score call + {per_eval}; {nfe}",
+        flush=True,
+    )
 
     gen = torch.Generator().manual_seed(args.seed)
     logps, nfes = [], []
@@ -144,10 +218,12 @@ def run(args: argparse.Namespace) -> int:
                 probe=args.probe,
                 t_eps=args.t_eps,
                 generator=gen,
+                steps=steps,
+                progress=not args.no_progress,
             )
             logps.append(res.logp.double().cpu())
             nfes.append(res.nfe)
-    except ValueError as err:
+    except (ValueError, FloatingPointError) as err:  # NonFiniteScoreError is a FloatingPointError
         return fail(str(err))
     wall = time.perf_counter() - start
     logp = torch.cat(logps)
@@ -167,9 +243,10 @@ def run(args: argparse.Namespace) -> int:
         if data_range is not None
         else "continuous (no dequantisation)"
     )
-    print(f"data: {name}, {n} samples of shape {shape} (D = {D}), {deq}")
+    print(f"data: {name}, {n} samples of shape {shape} (D = {D}): {scored}, {deq}")
+    ode = f"{steps} steps" if fixed else f"rtol={args.rtol:g}, atol={args.atol:g}"
     print(
-        f"ODE: {args.method}, rtol={args.rtol:g}, atol={args.atol:g}, divergence={divergence}"
+        f"ODE: {args.method}, {ode}, divergence={divergence}"
         + (f" ({args.probe} probe)" if divergence == "hutchinson" else "")
         + f", t_eps={args.t_eps:g}, {'float64' if args.float64 else 'float32'}"
     )
@@ -191,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "ckpt": args.ckpt,
                     "data": name,
+                    "scored": scored,
                     "n": n,
                     "dim": D,
                     "nll_nats": float(nll.mean()),
@@ -203,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
                     "rtol": args.rtol,
                     "atol": args.atol,
                     "method": args.method,
+                    "steps": steps,
                     "nfe": nfes,
                     "seconds": wall,
                 },

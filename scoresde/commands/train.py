@@ -1,8 +1,10 @@
-"""``scoresde train``: train a score model on a built-in dataset.
+"""``scoresde train``: train a score model on a built-in dataset or your own data.
 
     scoresde train --data moons --steps 5000 --seed 0 --out runs/moons
+    scoresde train --data my_images/ --image-size 32 --cond --out runs/mine   # a sub-folder per class
+    scoresde train --data points.npy --out runs/points                       # or .npz with x (, y)
     scoresde train --data digits --cond --steps 20000 --out runs/digits --bf16
-    torchrun --nproc-per-node 8 -m scoresde.cli train --data digits --out runs/ddp   # DDP
+    .venv/bin/torchrun --nproc-per-node 8 -m scoresde.cli train --data digits --out runs/ddp
 
 The net defaults to an MLP for vector data and a U-Net for images. Checkpoints
 (``DIR/checkpoint.pt``), the JSONL metrics log and ``config.json`` go under ``--out``. ``--resume``
@@ -19,9 +21,26 @@ from typing import Any
 
 import torch
 
-from ._args import int_list, nonneg_float, nonneg_int, positive_float, positive_int
+from ._args import (
+    HelpFormatter,
+    int_list,
+    nonneg_float,
+    nonneg_int,
+    output_dir,
+    plain,
+    positive_float,
+    positive_int,
+)
 
-SDE_CHOICES = ("vp", "subvp", "ve")
+
+def sde_choices() -> dict[str, str]:
+    """``--sde`` values: each ``sde.SDES`` key in lower case without "SDE" (``vp``, ``subvp``,
+    ``ve``), so a new SDE in the table is a new choice."""
+    from ..sde import SDES
+
+    return {name.removesuffix("SDE").lower(): name for name in SDES}
+
+
 NET_CHOICES = ("auto", "mlp", "unet")
 
 
@@ -30,16 +49,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "train",
-        help="train a score model (DSM) on a built-in dataset",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train a score model (DSM) on a built-in dataset or your own data",
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", required=True, help=f"dataset: {', '.join(DATASETS)}")
+    p.add_argument(
+        "--data",
+        required=True,
+        help=f"a built-in dataset ({', '.join(DATASETS)}) or a path: a folder of images "
+        "(one sub-folder per class for labels) or a .npy/.npz array",
+    )
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="resize folder images to N x N"
+    )
     p.add_argument("--steps", type=positive_int, default=10_000, help="optimisation steps")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, data and noise")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics)")
     g = p.add_argument_group("SDE")
-    g.add_argument("--sde", choices=SDE_CHOICES, default="vp", help="diffusion (default vp)")
+    g.add_argument("--sde", choices=sde_choices(), default="vp", help="diffusion")
     g.add_argument(
         "--schedule", choices=("linear", "cosine"), default="linear", help="VP/sub-VP schedule"
     )
@@ -56,7 +83,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="what the net predicts (default v: bounded at every noise level; an eps-MLP "
         "saturates in the prior's tails and sends a few ODE samples far out)",
     )
-    g.add_argument("--time-input", choices=("log_snr", "t"), default="log_snr")
+    g.add_argument(
+        "--time-input", choices=("log_snr", "t"), default="log_snr", help="the net's time feature"
+    )
     g.add_argument("--hidden", type=positive_int, default=256, help="MLP width")
     g.add_argument("--depth", type=positive_int, default=3, help="MLP residual blocks")
     g.add_argument("--channels", type=positive_int, default=None, help="U-Net base width")
@@ -68,8 +97,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=nonneg_float, default=None, help="dropout rate")
     g.add_argument("--cond", action="store_true", help="class-conditional (labelled data)")
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", choices=("dsm", "ddpm"), default="dsm")
-    g.add_argument("--weighting", choices=("sigma2", "likelihood", "eps"), default="sigma2")
+    g.add_argument("--loss", choices=("dsm", "ddpm"), default="dsm", help="training objective")
+    g.add_argument(
+        "--weighting",
+        choices=("sigma2", "likelihood", "eps"),
+        default="sigma2",
+        help="DSM weighting lambda(t)",
+    )
     g.add_argument("--importance", action="store_true", help="importance-sample t (DSM)")
     g.add_argument("--t-eps", type=positive_float, default=1e-5, help="smallest training time")
     g.add_argument("--ddpm-steps", type=positive_int, default=1000, help="N of the DDPM loss")
@@ -82,7 +116,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch", type=positive_int, default=None, help="global batch (256 / 128)")
     g.add_argument("--lr", type=positive_float, default=None, help="learning rate (1e-3 / 2e-4)")
-    g.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="AdamW weight decay")
     g.add_argument("--warmup", type=nonneg_int, default=None, help="LR warmup steps (100 / 1000)")
     g.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="0 disables")
     g.add_argument(
@@ -100,7 +134,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="continue from DIR/checkpoint.pt if present (or from FILE)",
     )
     g.add_argument("--ckpt-every", type=nonneg_int, default=1000, help="0: only at the end")
-    g.add_argument("--log-every", type=positive_int, default=100)
+    g.add_argument(
+        "--log-every", type=positive_int, default=100, help="steps between metrics.jsonl lines"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -124,16 +160,18 @@ def _default_unet(shape: tuple[int, ...]) -> dict[str, Any]:
 
 def build_from_args(args: argparse.Namespace, info: Any) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, loss, train settings)`` for the parsed arguments and the data's ``info``."""
-    from .. import VESDE, VPSDE, CosineVP, LinearVP, SubVPSDE, VEGeometric
+    from .. import CosineVP, LinearVP, VEGeometric
     from ..losses import DDPMLoss, DSMLoss
     from ..nets import MLP, ScoreModel, UNet
+    from ..sde import SDES
 
     shape = tuple(info.shape)
-    if args.sde == "ve":
-        sde = VESDE(VEGeometric(args.sigma_min, args.sigma_max))
-    else:
+    sde_class = SDES[sde_choices()[args.sde]]
+    if sde_class.vp_schedule:
         schedule = CosineVP() if args.schedule == "cosine" else LinearVP()
-        sde = (VPSDE if args.sde == "vp" else SubVPSDE)(schedule)
+    else:
+        schedule = VEGeometric(args.sigma_min, args.sigma_max)
+    sde = sde_class(schedule)
 
     kind = args.net
     if kind == "auto":
@@ -207,12 +245,33 @@ def build_from_args(args: argparse.Namespace, info: Any) -> tuple[Any, Any, dict
     return model, loss, train
 
 
+def load_data(spec: str, image_size: int | None = None) -> Any:
+    """A built-in dataset by name, or your own data from a path (:mod:`scoresde.datafiles`)."""
+    import os
+
+    from ..data import DATASETS, get_dataset
+    from ..datafiles import load_path
+
+    if spec in DATASETS and not os.path.exists(spec):
+        if image_size is not None:
+            raise ValueError("--image-size applies to image folders only")
+        return get_dataset(spec)
+    if not os.path.exists(spec):
+        raise ValueError(
+            f"unknown dataset {spec!r}; available: {', '.join(DATASETS)}; or a path to a folder "
+            "of images or a .npy/.npz file (no such path exists)"
+        )
+    return load_path(spec, image_size)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..data import get_dataset
     from ..training import CheckpointError, Trainer
 
+    if problem := output_dir(args.out):
+        print(f"scoresde train: error: {problem}", file=sys.stderr)
+        return 2
     try:
-        data = get_dataset(args.data)
+        data = load_data(args.data, args.image_size)
         torch.manual_seed(args.seed)  # network initialisation
         model, loss, train = build_from_args(args, data.info)
         trainer = Trainer(model, data, loss=loss, out_dir=args.out, **train)
@@ -221,14 +280,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = trainer.fit(resume=args.resume)
-    except (FileExistsError, FileNotFoundError, CheckpointError) as err:
+    except (FileExistsError, FileNotFoundError, CheckpointError, ValueError) as err:
         print(f"scoresde train: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # the loss diverged
+        print(f"scoresde train: error: {err}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     if trainer.dist.is_main:
-        print(
-            f"trained {result.get('step')} steps, loss {result.get('loss', float('nan')):.4g}; "
-            f"checkpoint {result['checkpoint']}"
-        )
+        if "loss" not in result:
+            print(
+                f"the checkpoint is already at step {result['step']} of {args.steps}; nothing to "
+                f"train (give --steps above {result['step']} to continue): {result['checkpoint']}"
+            )
+        else:
+            print(
+                f"trained {result['step']} steps, loss {result['loss']:.4g}; "
+                f"checkpoint {result['checkpoint']}"
+            )
     return 0

@@ -4,7 +4,7 @@
 With ``x_t = alpha(t) x0 + sigma(t) eps`` (``alpha, sigma = sde.marginal(t)``) the wrapper computes
 
     pred  = net(c_in(t) x_t, c_noise(t), y)
-    score = convert(pred, prediction, "score", x_t, alpha, sigma)      (solvers.parametrization)
+    score = convert(pred, prediction, "score", x_t, alpha, sigma)      (schedules.parametrization)
 
 * ``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` scales the input to unit variance when the
   data have per-coordinate std ``sigma_data`` (EDM's input preconditioning, Karras et al. 2022;
@@ -20,15 +20,14 @@ With ``x_t = alpha(t) x0 + sigma(t) eps`` (``alpha, sigma = sde.marginal(t)``) t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from solvers.parametrization import PREDICTIONS, broadcast_to, convert
+from schedules.parametrization import PREDICTIONS, broadcast_to, convert
+from solvers.protocol import ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 TIME_INPUTS = ("log_snr", "t")
 
 
@@ -120,6 +119,9 @@ class ScoreModel(nn.Module):
     ) -> Tensor:
         """The raw prediction (of kind ``self.prediction``) at ``x = x_t``, in ``x``'s dtype.
 
+        The net is evaluated in its parameters' dtype (the input is cast to it), so a float32
+        model scores a float64 state; outside autocast only.
+
         ``alpha`` and ``sigma`` (``(B,)``) may be passed when the caller has them already
         (the losses do), saving a second ``sde.marginal`` evaluation.
         """
@@ -133,7 +135,14 @@ class ScoreModel(nn.Module):
         sigma = sigma.to(alpha)
         c_in = torch.rsqrt(alpha**2 * self.sigma_data**2 + sigma**2)
         c_noise = self.noise_feature(t.to(alpha.dtype), alpha, sigma)
-        pred = self.net(x * broadcast_to(c_in, x), c_noise, y)
+        x_in = x * broadcast_to(c_in, x)
+        # the net runs in its parameters' precision whatever the state's (a float64 sampling
+        # state with a float32 net); the prediction comes back in x's dtype below
+        weight = next(self.net.parameters(), None)
+        if weight is not None and weight.is_floating_point() and weight.dtype != x_in.dtype:
+            if not torch.is_autocast_enabled(x.device.type):
+                x_in, c_noise = x_in.to(weight.dtype), c_noise.to(weight.dtype)
+        pred = self.net(x_in, c_noise, y)
         if pred.shape != x.shape:
             raise ValueError(
                 f"the network returned shape {tuple(pred.shape)}; expected {tuple(x.shape)}"
@@ -144,7 +153,7 @@ class ScoreModel(nn.Module):
         self, x: Tensor, t: Tensor | float, kind: str = "eps", y: Tensor | int | None = None
     ) -> Tensor:
         """The prediction converted to ``kind`` (eps, x0, score or v) with the exact formulas of
-        :func:`solvers.parametrization.convert`."""
+        :func:`schedules.parametrization.convert`."""
         t = self._times(t, x)
         alpha, sigma = self.coefficients(t)
         pred = self.forward(x, t, y, alpha=alpha, sigma=sigma)

@@ -9,15 +9,21 @@ Writes are atomic: the file is written to a temporary name in the same directory
 ``fsync``-ed, then renamed over the destination with ``os.replace`` (atomic on POSIX and
 Windows), and the directory entry is ``fsync``-ed. A process killed at any point leaves either
 the previous checkpoint or the new one, never a partial file under the final name.
+
+Every checkpoint stores ``checksum``: the SHA-256 of its whole content (each tensor's key path,
+dtype, shape and bytes, and every plain value), verified on load, so a file changed on disk (a
+flipped byte inside a tensor, which unpickling alone does not notice) is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import pickle
 import random
+import re
 import tempfile
 from collections import OrderedDict
 from typing import Any
@@ -55,6 +61,31 @@ def _check_plain(obj: Any, where: str = "checkpoint") -> None:
     )
 
 
+def content_checksum(obj: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's content: every tensor's key path, dtype, shape and bytes,
+    and every plain value, in a fixed order (the ``checksum`` entry itself excluded)."""
+    h = hashlib.sha256()
+
+    def visit(o: Any, where: str) -> None:
+        if isinstance(o, Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"{where}:tensor:{t.dtype}:{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, (dict, OrderedDict)):
+            h.update(f"{where}:dict:{len(o)}:".encode())
+            for k in sorted(o, key=repr):
+                visit(o[k], f"{where}/{k!r}")
+        elif isinstance(o, (list, tuple, torch.Size)):
+            h.update(f"{where}:{type(o).__name__}:{len(o)}:".encode())
+            for i, v in enumerate(o):
+                visit(v, f"{where}/{i}")
+        else:
+            h.update(f"{where}:{type(o).__name__}:{o!r}:".encode())
+
+    visit({k: v for k, v in obj.items() if k != "checksum"}, "")
+    return h.hexdigest()
+
+
 def _fsync_dir(directory: str) -> None:
     if os.name != "posix":  # directories cannot be opened for fsync on Windows
         return
@@ -79,6 +110,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> str:
     path = os.fspath(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
     _check_plain(payload)
+    payload["checksum"] = content_checksum(payload)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -111,14 +143,20 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _refused_global(err: BaseException) -> str | None:
+    """The callable a refused pickle names (``posix.system``, ``getattr``, ...), if any."""
+    match = re.search(r"GLOBAL\s+([\w.]+)", str(err))
+    return match.group(1) if match else None
+
+
 def _unpickler_detail(err: BaseException) -> str:
-    """The informative part of torch's weights-only unpickling error."""
+    """The informative part of torch's weights-only unpickling error, without its advice."""
     text = str(err)
     marker = "WeightsUnpickler error:"
     if marker in text:
         rest = text.split(marker, 1)[1].strip()
-        return rest.split("\n")[0].strip() or rest[:200]
-    return _first_line(err)
+        return rest.split("\n")[0].strip() or "unreadable pickle"
+    return "unreadable pickle" if "weights_only" in text else _first_line(err)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -127,8 +165,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: the file is truncated or corrupt, is not a scoresde checkpoint, comes
-            from a newer version, or holds objects ``weights_only`` loading refuses (a pickle
-            that would run code).
+            from a newer version, was changed after it was written (its ``checksum`` does not
+            match; files written before checksums existed carry none and are not checked), or
+            holds objects other than tensors and plain containers (refused for safety: loading
+            them could run code).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -136,15 +176,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = _unpickler_detail(err)
-        if "global" in detail.lower() or "reduce" in detail.lower():
+        name = _refused_global(err)
+        if name is not None:
             raise CheckpointError(
-                f"refused to load {path!r}: it contains Python objects that weights_only loading "
-                "forbids (unpickling it could run arbitrary code); scoresde checkpoints hold only "
-                f"tensors and plain containers. Detail: {detail}"
+                f"refused to load {path!r} for safety: it holds objects other than tensors (a "
+                f"pickled reference to {name!r}, which loading would call). A scoresde "
+                "checkpoint holds only tensors and plain containers; do not load this file."
             ) from None
         raise CheckpointError(
-            f"{path!r} is truncated or corrupt and cannot be read (unpickling failed: {detail})"
+            f"{path!r} is truncated or corrupt and cannot be read (unpickling failed: "
+            f"{_unpickler_detail(err)})"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         raise CheckpointError(
@@ -161,6 +202,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(
             f"{path!r} has checkpoint version {version!r}; this scoresde reads up to {VERSION}"
+        )
+    stored = obj.get("checksum")
+    if stored is not None and stored != content_checksum(obj):
+        raise CheckpointError(
+            f"{path!r} was changed after it was written: its content does not match the SHA-256 "
+            "checksum stored in it (a corrupted disk or copy, or an edit); refusing to use it"
         )
     return obj
 
@@ -210,6 +257,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
+    "content_checksum",
     "load_checkpoint",
     "remove_stale_temps",
     "rng_state",

