@@ -7,6 +7,7 @@ round-off turns into NaN (CosineVP once gave I(0) = -2.7e-20, so sigma(0) = sqrt
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -102,3 +103,31 @@ def test_sde_endpoints(sde):
     assert math.isclose(sde.marginal(sde.T)[1].item(), sde.prior_std, rel_tol=1e-3)
     a, s = sde.transition(0.0, sde.T)
     assert math.isfinite(a.item()) and math.isfinite(s.item()) and s.item() > 0
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: S.CosineVP(s=0.0), "s=0.0 must be a finite positive number"),
+        (lambda: S.CosineVP(T=1.0), "T=1.0 must be < 1 for the cosine schedule"),
+        (lambda: S.CosineVP(T=-0.5), "T=-0.5 must be a finite positive number"),
+        (lambda: S.VEGeometric(sigma_min=2.0, sigma_max=2.0), "sigma_min=2.0 >= sigma_max=2.0"),
+        (lambda: S.VEGeometric(sigma_min=-1.0), "sigma_min=-1.0 must be a finite positive"),
+        (lambda: S.VEGeometric(sigma_max=math.inf), "sigma_max=inf must be a finite positive"),
+        (lambda: S.VEGeometric(T=0.0), "T=0.0 must be a finite positive number"),
+        (lambda: S.LinearVP(beta_min=2.0, beta_max=1.0), "beta_min=2.0 > beta_max=1.0"),
+    ],
+)
+def test_bad_schedule_arguments_are_named(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+def test_t_from_log_snr_keeps_the_dtype_and_rejects_nan(schedule):
+    t = 0.3 * schedule.T
+    lam = schedule.log_snr(torch.tensor([t], dtype=torch.float32))
+    back = schedule.t_from_log_snr(lam)
+    assert back.dtype == torch.float32 and math.isclose(back.item(), t, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="log-SNR lam contains NaN"):
+        schedule.t_from_log_snr(torch.tensor([0.0, math.nan]))
