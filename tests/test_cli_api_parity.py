@@ -145,7 +145,8 @@ def test_likelihood_matches_the_api_and_flags_take_effect(tmp_path, moons_ckpt):
     def api(ema: bool) -> float:
         sde, model, score_fn, _ = load_pretrained(moons_ckpt, "cpu", ema=ema)
         model.double()
-        x = get_dataset("moons").reference(16, seed=2).double()
+        x, _ = get_dataset("moons").heldout(16, seed=2)  # the CLI scores held-out data
+        x = x.double()
         res = log_likelihood(sde, score_fn, x, rtol=1e-5, atol=1e-5, divergence="exact")
         return float(-res.logp.mean())
 
