@@ -68,6 +68,9 @@ def _combine(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
     default_grid="log_snr",
     options={"lower_order_final": True},
     reference="Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), multistep order 3 (3M)",
+    order_untested=(
+        "at 16-64 steps on the VP Gaussian at t_end=1e-3 within 0.15 of 3 only on the quadratic grid (2.95; uniform 3.18, karras 2.49 with last slope 3.11, log_snr 4.15): to measure at larger step counts (issue #15)"
+    ),
 )
 def dpm_solver_pp_3m(ctx: SolverContext, x: Tensor, lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++(3M): multistep 3rd-order exponential integrator with data prediction.
@@ -182,6 +185,9 @@ def _unipc_step(
     default_grid="log_snr",
     options={"order": 2, "variant": "bh2", "prediction": "data", "lower_order_final": True},
     reference="Zhao et al. 2023, UniPC (arXiv:2302.04867), UniP-p predictor + UniC-p corrector",
+    order_untested=(
+        "declares 3 for the default order=2 (UniC raises it by one): measured 2.98 (quadratic, karras), 3.12 (log_snr) but 2.40 on the uniform grid (last slope 2.19) at 16-64 steps, t_end=1e-3; to resolve with its owner (issue #15)"
+    ),
 )
 def unipc(
     ctx: SolverContext,
@@ -263,6 +269,9 @@ def _adams_bashforth_weights(nodes: Sequence[float]) -> list[float]:
     default_grid="karras",
     options={"order": 4},
     reference="Zhang & Chen 2023 (DEIS, arXiv:2204.13902), improved PNDM; variable-step form",
+    order_untested=(
+        "order 4 at 16-64 steps on the VP Gaussian at t_end=1e-3: 4.02 (karras), 3.93 (log_snr) but 3.69 / last slope 3.23 on the quadratic grid and 3.79 / 3.53 on the uniform grid (issue #15)"
+    ),
 )
 def ipndm(ctx: SolverContext, x: Tensor, order: int = 4) -> Tensor:
     """iPNDM: Adams-Bashforth in the noise level ``s = sigma / alpha`` with lower-order warm start.
