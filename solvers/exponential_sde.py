@@ -168,9 +168,6 @@ def _decay_and_std(c: Coefficients, i: int, eta: float, lam: list[float]) -> tup
     default_grid="log_snr",
     options={"eta": 1.0, "solver_type": "midpoint"},
     reference="Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), SDE-DPM-Solver++(2M)",
-    order_untested=(
-        "not asymptotic at 16-64 steps on the VP Gaussian at t_end=1e-3: extrapolated orders 2.20 (uniform), 2.08 (quadratic), 2.40 (karras), 2.26 (log_snr); to measure at larger step counts (issue #15)"
-    ),
 )
 def dpm_solver_pp_2m_sde(
     ctx: SolverContext, x: Tensor, eta: float = 1.0, solver_type: str = "midpoint"
@@ -201,7 +198,7 @@ def dpm_solver_pp_2m_sde(
     options={"eta": 1.0},
     reference="Lu et al. 2022 (DPM-Solver++ multistep); k-diffusion sample_dpmpp_3m_sde",
     order_untested=(
-        "erratic at 16-64 steps on the VP Gaussian at t_end=1e-3 (errors 30, 8.1, 1.1 on the uniform grid; local slopes 2.2-5.1): to measure at larger step counts (issue #15)"
+        "erratic on the quadratic and karras grids up to 256 steps on the VP Gaussian at t_end=1e-3 (extrapolated 7.05, -0.90 at 16-64; -3.80, -0.07 at 32-128; 2.23, 2.35 at 64-256: the moment error changes sign), 1.95 on log_snr and 3.7 on uniform at 64-256 (issue #15)"
     ),
 )
 def dpm_solver_pp_3m_sde(ctx: SolverContext, x: Tensor, eta: float = 1.0) -> Tensor:
@@ -226,7 +223,7 @@ def dpm_solver_pp_3m_sde(ctx: SolverContext, x: Tensor, eta: float = 1.0) -> Ten
     options={"tau": 1.0, "predictor_order": 3, "corrector_order": 3},
     reference="Xue et al. 2023, SA-Solver (arXiv:2309.05019), Algorithm 1",
     order_untested=(
-        "erratic at 16-64 steps on the VP Gaussian at t_end=1e-3 (errors 39, 12, 1.8 on the uniform grid; karras slopes 7.5, -1.4): to measure at larger step counts (issue #15)"
+        "erratic on the karras grid up to 128 steps on the VP Gaussian at t_end=1e-3 (extrapolated -10.4 at 16-64, 4.51 at 32-128), 2.00 (log_snr), 2.30 (quadratic), 2.28 (karras) and 3.59 (uniform) at 64-256 (issue #15)"
     ),
 )
 def sa_solver(

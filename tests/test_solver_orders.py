@@ -21,7 +21,7 @@ Measured order: with the moment error ``e(N)`` at ``N = 16, 32, 64`` steps, the 
 0.91). ``t_end`` is VP's default 1e-3: the unequal log-SNR steps of the uniform grid near
 ``t_end`` are where a wrong step ratio shows (at ``t_end = 1e-2`` an inverted ``r`` hides).
 
-Rule: the extrapolated order within +-0.15 of the declared one on at least two grids, and on
+Rule (at ``N = 16, 32, 64``, else at ``N = 32, 64, 128``): the extrapolated order within +-0.15 of the declared one on at least two grids, and on
 every grid the better of ``s2`` and ``2 s2 - s1`` no more than 0.15 below it (a solver that
 loses order on one grid mishandles unequal steps: DPM-Solver++(2M) with its step ratio ``r``
 inverted measures 1.8 on the uniform grid and 2.0 on log-SNR steps, where ``r = 1``).
@@ -44,6 +44,10 @@ GAUSS = Gaussian(torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.3], [0.3, 0.5]
 SDE = VPSDE()
 T_END = 1e-3
 STEPS = (16, 32, 64)
+# multistep solvers warm up with lower-order steps and reach their asymptotic regime later: a
+# solver that misses the rule at STEPS is measured once more at twice the steps (the inverted-r
+# DPM-Solver++(2M) still measures 1.76 on the uniform grid there)
+LATER_STEPS = (32, 64, 128)
 GRIDS = tuple(schedules.GRIDS)
 TOL = 0.15
 
@@ -74,9 +78,11 @@ def moment_error(name: str, grid: str, steps: int, **options: Any) -> float:
     return float(torch.linalg.norm(mean - ref_mean) + torch.linalg.norm(cov - ref_cov))
 
 
-def measured_order(name: str, grid: str, **options: Any) -> tuple[float, float, list[float]]:
-    """``(extrapolated order 2 s2 - s1, last local slope s2, errors)``."""
-    errors = [moment_error(name, grid, n, **options) for n in STEPS]
+def measured_order(
+    name: str, grid: str, steps: tuple[int, ...] = STEPS, **options: Any
+) -> tuple[float, float, list[float]]:
+    """``(extrapolated order 2 s2 - s1, last local slope s2, errors)`` at ``steps``."""
+    errors = [moment_error(name, grid, n, **options) for n in steps]
     s1, s2 = (math.log2(errors[i] / errors[i + 1]) for i in range(2))
     return 2 * s2 - s1, s2, errors
 
@@ -87,14 +93,21 @@ def measured_order(name: str, grid: str, **options: Any) -> tuple[float, float, 
     ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(f"{k}={x}" for k, x in v.items()),
 )
 def test_declared_order_on_every_grid(name, options, declared):
-    measured = {g: measured_order(name, g, **options) for g in GRIDS}
-    report = "; ".join(
-        f"{g}: {p:.2f} (last slope {s2:.2f}; errors {', '.join(f'{e:.1e}' for e in errs)})"
-        for g, (p, s2, errs) in measured.items()
-    )
-    within = [g for g, (p, _, _) in measured.items() if abs(p - declared) <= TOL]
-    below = [g for g, (p, s2, _) in measured.items() if max(p, s2) < declared - TOL]
-    assert len(within) >= 2 and not below, f"{name} {options}: declared {declared}; {report}"
+    reports = []
+    for steps in (STEPS, LATER_STEPS):
+        measured = {g: measured_order(name, g, steps, **options) for g in GRIDS}
+        reports.append(
+            f"steps {steps}: "
+            + "; ".join(
+                f"{g}: {p:.2f} (last slope {s2:.2f}; errors {', '.join(f'{e:.1e}' for e in errs)})"
+                for g, (p, s2, errs) in measured.items()
+            )
+        )
+        within = [g for g, (p, _, _) in measured.items() if abs(p - declared) <= TOL]
+        below = [g for g, (p, s2, _) in measured.items() if max(p, s2) < declared - TOL]
+        if len(within) >= 2 and not below:
+            return
+    pytest.fail(f"{name} {options}: declared {declared}; " + " | ".join(reports))
 
 
 def test_every_registered_solver_has_an_order_route():
