@@ -105,14 +105,27 @@ class CosineVP(VPSchedule):
     def _beta(self, t: Tensor) -> Tensor:
         return math.pi * torch.tan(self._phi(t)) / (1.0 + self.s)
 
+    @property
+    def _phi0(self) -> float:
+        return self.s / (1.0 + self.s) * (math.pi / 2)
+
     def _integral_beta(self, t: Tensor) -> Tensor:
-        phi0 = self.s / (1.0 + self.s) * (math.pi / 2)
-        return -2.0 * (torch.log(torch.cos(self._phi(t))) - math.log(math.cos(phi0)))
+        # cos(phi0 + d) / cos(phi0) = 1 - 2 sin^2(d/2) - tan(phi0) sin(d) with d = phi(t) - phi0:
+        # log1p of that is exactly 0 at t = 0 and never positive, so I(t) >= 0 without the
+        # round-off of log(cos phi) - log(cos phi0), which gave I(0) = -2.7e-20 and a NaN sigma(0).
+        d = t / (1.0 + self.s) * (math.pi / 2)
+        return -2.0 * torch.log1p(
+            -2.0 * torch.sin(0.5 * d) ** 2 - math.tan(self._phi0) * torch.sin(d)
+        )
 
     def _t_from_integral(self, integral: Tensor) -> Tensor:
-        phi0 = self.s / (1.0 + self.s) * (math.pi / 2)
-        phi = torch.arccos(math.cos(phi0) * torch.exp(-0.5 * integral))
-        return phi * (2.0 * (1.0 + self.s) / math.pi) - self.s
+        # cos(phi) = cos(phi0) exp(-I/2); sin(phi)^2 = sin(phi0)^2 + cos(phi0)^2 (1 - exp(-I)) has
+        # no cancellation, so atan2 gives phi to full relative precision (arccos is ill-conditioned
+        # near phi0); the clamp removes the last ulp below t = 0.
+        cos0, sin0 = math.cos(self._phi0), math.sin(self._phi0)
+        sin_phi = torch.sqrt(sin0**2 - cos0**2 * torch.expm1(-integral))
+        phi = torch.atan2(sin_phi, cos0 * torch.exp(-0.5 * integral))
+        return (phi * (2.0 * (1.0 + self.s) / math.pi) - self.s).clamp_min(0.0)
 
     def to_config(self) -> dict[str, Any]:
         return {"name": "CosineVP", "s": self.s, "T": self.T}

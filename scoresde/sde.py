@@ -294,7 +294,12 @@ class SubVPSDE(_VPDrift):
 
     def _t_from_log_snr(self, lam: Tensor) -> Tensor:
         # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^(2 lam)))
-        log_alpha = lam + math.log(2.0) - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam)))
+        #                                         = 2 / (e^-lam + sqrt(e^(-2 lam) + 4)),
+        # the second form for lam > 0 so that lam = +inf (t = 0) gives alpha = 1, not inf - inf.
+        small = lam + math.log(2.0) - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam)))
+        e = torch.exp(-lam.clamp_min(0.0))
+        large = math.log(2.0) - torch.log(e + torch.sqrt(e * e + 4.0))
+        log_alpha = torch.where(lam > 0, large, small)
         return self.schedule._t_from_integral(-2.0 * log_alpha)
 
 

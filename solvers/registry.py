@@ -45,6 +45,11 @@ class SolverSpec:
         affine_when: optional ``(options) -> bool`` refining ``affine`` for given options (a
             predictor-corrector sampler is affine only without its Langevin corrector, a torchsde
             solver only with fixed steps); ``None`` means ``affine`` holds for every option.
+        order_option: the name of the integer option that selects the order, if any (UniPC's
+            ``order``): the solver then has order ``k`` with that option set to ``k``, for
+            ``k = 1 .. order``. The registry-driven order tests measure each ``k``.
+        order_untested: why the registry-driven order tests cannot measure this solver's order
+            (empty: they measure it; every registered solver is measured unless it says why).
     """
 
     name: str
@@ -59,6 +64,8 @@ class SolverSpec:
     reference: str = ""
     description: str = ""
     affine_when: Callable[[dict[str, Any]], bool] | None = None
+    order_option: str | None = None
+    order_untested: str = ""
 
     def is_affine(self, **options: Any) -> bool:
         """Whether the solver run with ``options`` (over the defaults) is affine (see ``affine``)."""
@@ -83,6 +90,8 @@ def register(
     reference: str = "",
     overwrite: bool = False,
     affine_when: Callable[[dict[str, Any]], bool] | None = None,
+    order_option: str | None = None,
+    order_untested: str = "",
 ) -> Callable[[SolverFn], SolverFn]:
     """Decorator that registers a solver under ``name``.
 
@@ -101,6 +110,11 @@ def register(
         or evals_per_step < 1
     ):
         raise ValueError(f"evals_per_step={evals_per_step!r} must be a positive integer or None")
+    if order_option is not None and order_option not in (options or {}):
+        raise ValueError(
+            f"order_option={order_option!r} is not one of the options "
+            f"{', '.join(options or {}) or '(none)'}"
+        )
 
     def decorate(fn: SolverFn) -> SolverFn:
         if name in _REGISTRY and not overwrite:
@@ -119,6 +133,8 @@ def register(
             reference=reference,
             description=doc[0] if doc else "",
             affine_when=affine_when,
+            order_option=order_option,
+            order_untested=order_untested,
         )
         return fn
 

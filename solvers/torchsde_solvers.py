@@ -404,7 +404,10 @@ def torchsde_milstein(
 
 
 @_register(
-    "torchsde_srk", 1.5, 2, "torchsde.sdeint(method='srk'); Rossler 2010, SRA1 for additive noise"
+    "torchsde_srk",
+    2.0,  # weak order (the registry's order for SDE solvers); strong order 1.5
+    2,
+    "torchsde.sdeint(method='srk'); Rossler 2010, SRA1 for additive noise",
 )
 def torchsde_srk(
     ctx: SolverContext, x: Tensor, adaptive: bool = False, rtol: float = 1e-3, atol: float = 1e-3
@@ -414,7 +417,8 @@ def torchsde_srk(
     with ``I = dW``, ``I0 = U / ds`` (space-time Levy area) and ``s' = s + ds``,
     ``H1 = y + 3/4 F(s, y) ds + 3/2 g(s') I0``,
     ``y <- y + (F(s, y) / 3 + 2 F(s + 3/4 ds, H1) / 3) ds + g(s') (I - I0) + g(s) I0``.
-    Strong order 1.5 (additive noise); two drift (score) evaluations per step. Options: see the
+    Strong order 1.5, weak order 2 (additive noise; Rossler 2010); two drift (score)
+    evaluations per step. Options: see the
     module docstring.
     """
     return _run(ctx, x, "srk", adaptive, rtol, atol)
@@ -422,7 +426,7 @@ def torchsde_srk(
 
 @_register(
     "torchsde_reversible_heun",
-    1.0,
+    2.0,  # weak order on this additive-noise problem (measured: tests/test_solver_orders.py)
     1,
     "torchsde.sdeint(method='reversible_heun'); Kidger et al. 2021",
 )

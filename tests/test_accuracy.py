@@ -145,7 +145,10 @@ def test_exact_sde_law_is_the_limit_of_euler_maruyama(sde):
         mean, cov = exact_output_moments(sde, GAUSS.score_fn(sde), 3, "euler_maruyama", n)
         errs.append(float(torch.linalg.norm(mean - ref_mean) + torch.linalg.norm(cov - ref_cov)))
     assert errs[1] < 3e-3
-    assert 1.8 < errs[0] / errs[1] < 4.4  # first order (VE is still partly second order here)
+    # first order: measured ratios 2.002 (VP) and 3.19 (VE, still partly second order at these
+    # step counts); the old window 1.8-4.4 accepted any order from 0.85 to 2.14
+    low, high = (1.9, 2.1) if sde.schedule.variance_preserving else (2.9, 3.5)
+    assert low < errs[0] / errs[1] < high, errs
 
 
 def test_exact_sde_law_forgets_the_prior_mismatch():

@@ -31,16 +31,18 @@ SCRIPT = textwrap.dedent(
     # a different initialisation on each rank: DDP must start every rank from rank 0's weights
     torch.manual_seed(int(os.environ["RANK"]))
     model = ScoreModel(MLP(2, hidden=32, depth=2, dropout=0.1), VPSDE())
-    first = {}
+    first, local = {}, []
 
     def record(tr, step, loss):
         first.setdefault("batch", tr.stream.batch(step - 1)[0])
+        local.append(float(loss))  # this rank's own loss at this step
 
     tr = Trainer(model, "moons", out_dir=out, steps=steps, batch_size=64, lr=1e-2, ema_decay=0.9,
                  ckpt_every=10, log_every=5, progress=False, callbacks=[record])
     res = tr.fit(resume=resume)
     torch.save({"model": tr.model.state_dict(), "ema": tr.ema.module.state_dict(),
                 "batch": first.get("batch"), "world": tr.dist.world_size, "loss": res["loss"],
+                "local": torch.tensor(local, dtype=torch.float64),
                 "ddp": type(tr.ddp_model).__name__},
                os.path.join(out, f"rank{tr.dist.rank}.pt"))
     tr.close()
@@ -80,7 +82,11 @@ def test_two_gloo_ranks_train_in_lockstep(tmp_path):
     assert r0["world"] == r1["world"] == 2 and r0["ddp"] == "DistributedDataParallel"
     assert not torch.equal(r0["batch"], r1["batch"])  # each rank sees its own shard
     assert _equal(r0["model"], r1["model"]) and _equal(r0["ema"], r1["ema"])
-    assert r0["loss"] == r1["loss"]  # the logged loss is averaged over ranks
+    assert r0["loss"] == r1["loss"]
+    # the logged loss is the mean over ranks of each rank's mean over the last log window
+    # (steps 16..20); a sum over ranks would be twice that
+    window = [r["local"][15:20].mean().item() for r in (r0, r1)]
+    assert r0["loss"] == pytest.approx(sum(window) / 2, rel=1e-5), (r0["loss"], window)
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 20 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert _equal(ckpt["model"], r0["model"])

@@ -73,7 +73,8 @@ def test_accuracy_study_quick(tmp_path):
     # already between 10 and 20 NFE on the 16-D Gaussian (1.7 there, 1.9 from 20 to 80)
     fitted = custom[("example_exp_heun", "gaussian_iso_16d")]["fitted"]
     assert custom[("example_exp_heun", "gaussian_iso_16d")]["declared"] == 2
-    assert 1.5 < fitted < 3.0
+    # measured 1.7 here; the old upper bound 3.0 let a third-order (mis-declared) solver pass
+    assert 1.5 < fitted < 2.3
     for name in ("grids", "custom_solver", "my_mixture"):
         assert (out / f"{name}.csv").stat().st_size > 0
         assert (out / f"{name}.json").stat().st_size > 0

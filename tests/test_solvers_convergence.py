@@ -30,15 +30,17 @@ GAUSS = Gaussian(
 )
 SDES = {"VP": VPSDE(), "subVP": SubVPSDE(), "VE": VESDE()}
 STEPS = [20, 40, 80, 160]
+# VP is measured for every registered solver on every grid in test_solver_orders.py; here the
+# other processes, on each solver's default grid.
 CASES = [
     # (solver, theory, sde names, steps)
-    ("euler_maruyama", 1.0, ["VP", "subVP"], STEPS),
-    ("ode_euler", 1.0, ["VP", "subVP"], STEPS),
-    ("ddim", 1.0, ["VP", "subVP", "VE"], STEPS),
-    ("ode_heun", 2.0, ["VP", "subVP", "VE"], STEPS),
-    ("dpm_solver_pp_2m", 2.0, ["VP", "subVP", "VE"], STEPS),
-    ("edm_heun", 2.0, ["VP", "subVP", "VE"], STEPS),
-    ("ode_rk4", 4.0, ["VP", "subVP", "VE"], STEPS),
+    ("euler_maruyama", 1.0, ["subVP"], STEPS),
+    ("ode_euler", 1.0, ["subVP"], STEPS),
+    ("ddim", 1.0, ["subVP", "VE"], STEPS),
+    ("ode_heun", 2.0, ["subVP", "VE"], STEPS),
+    ("dpm_solver_pp_2m", 2.0, ["subVP", "VE"], STEPS),
+    ("edm_heun", 2.0, ["subVP", "VE"], STEPS),
+    ("ode_rk4", 4.0, ["subVP", "VE"], STEPS),
 ]
 
 
