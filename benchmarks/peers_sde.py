@@ -9,6 +9,10 @@ schedulers this study adds (diffusers SA-Solver, DPM-Solver++ SDE) are registere
 Rerun (after ``pip install -r requirements-bench.txt`` and k-diffusion ``--no-deps``):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers_sde.py --nfes 10 20
+
+``--tuned`` adds our SDE solvers on grids from ``scoresde.tune_grid`` (tuned per target and
+budget on its own probe batch, never on the table's ``x_T`` or noise); ``--targets`` also takes
+``heldout_mixture_8d`` (benchmarks/tuning.py's random mixture).
 """
 
 from __future__ import annotations
@@ -128,12 +132,14 @@ def tuned_rows(
                 )  # fmt: skip
                 err = per_mode_w2(x.to(torch.float64), target) - fl
                 p = "default" if res.power is None else f"p={res.power:.2f}"
-                runs.append((res.objective, f"{err:.4f} ({stats.nfe}; {p}, t_end={res.t_end:.1e}"))
+                cell = f"{err:.4f} ({stats.nfe}; {p}, t_end={res.t_end:.1e}"
+                runs.append((res.objective, cell, ")"))
             except Exception as e:  # noqa: BLE001
-                runs.append((float("inf"), f"n/a: {type(e).__name__}"))
-        full.append(runs[0][1] + ")")
+                runs.append((float("inf"), f"n/a: {type(e).__name__}", ""))
+        full.append(runs[0][1] + runs[0][2])
         best = min(range(len(runs)), key=lambda k: runs[k][0])
-        chosen.append(runs[best][1] + (f"; {key}={values[best]})" if key else ")"))
+        obj, cell, close = runs[best]
+        chosen.append(cell + (f"; {key}={values[best]}" if key and close else "") + close)
     label = name if key is None else f"{name} {key}={values[0]}"
     rows = [f"| scoresde:{label} | tuned | True | " + " | ".join(full) + " |"]
     if len(values) > 1:
