@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         help="add our SDE solvers on grids from scoresde.tune_grid (probe batch of --probe "
         f"samples, seed {PROBE_SEED})",
     )
-    p.add_argument("--probe", type=int, default=4096)
+    p.add_argument("--probe", type=int, default=8192)
     p.add_argument(
         "--grids",
         nargs="+",
