@@ -172,7 +172,12 @@ def test_restart_counts_its_evaluations_and_checks_options():
         _, st = solvers.sample(sde, score, shape=(4, 3), solver="restart", steps=10,
                                noise_fn=lambda x: calls.append(1) or torch.zeros_like(x), **opts)  # fmt: skip
         assert st.nfe == 21
-    assert len(calls) == 2 + 0 + 3  # 5 restarts of 3 steps do not fit in 10: 3 do
+    # restarts take at most half of the steps: 5 (or the default 2) restarts of 3 steps in 10 -> 1
+    assert len(calls) == 1 + 0 + 1
+    calls.clear()
+    _, st = solvers.sample(sde, score, shape=(4, 3), solver="restart", steps=12,
+                           noise_fn=lambda x: calls.append(1) or torch.zeros_like(x), restarts=5)  # fmt: skip
+    assert st.nfe == 25 and len(calls) == 2  # 2 x 3 = half of 12
     with pytest.raises(ValueError, match="s_max"):
         solvers.sample(sde, score, shape=(2, 3), solver="restart", steps=4, s_max=0.01)
 
