@@ -68,3 +68,20 @@ def test_frechet_distance_is_the_squared_bures_w2():
         frechet_distance(x, y[:, :2])
     with pytest.raises(ValueError, match="expected \\(n, 1, 8, 8\\)"):
         digits_features()(torch.zeros(4, 2))
+
+
+def test_image_models_get_the_digits_frechet_distance():
+    """A (sde, score_fn, shape) tuple of 8x8 one-channel images: the Frechet row is reported and
+    shrinks as the ODE solver converges to the reference."""
+    from scoresde.sde import VPSDE
+
+    sde = VPSDE()
+
+    def score_fn(x, t):  # exact score of N(0, 0.25 I) data: -x / (alpha^2 / 4 + sigma^2)
+        alpha, sigma = sde.marginal(t)
+        return -x / (alpha**2 / 4 + sigma**2).view(-1, 1, 1, 1)
+
+    result = run_study(["ddim"], model=(sde, score_fn, (1, 8, 8)), nfes=(3, 9), n_samples=48)
+    assert list(result.targets) == ["pathwise", "sliced_w2", "frechet_digits"]
+    fd = [r.error for r in result.rows("frechet_digits", "ddim")]
+    assert fd[0] > 4 * fd[1] > 0

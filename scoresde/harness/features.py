@@ -40,7 +40,7 @@ class DigitsFeatures(nn.Module):
     ``(n, 32)`` float64 features. :attr:`accuracy` is its accuracy on the 297 held-out digits.
     """
 
-    def __init__(self, seed: int = 0, steps: int = 400) -> None:
+    def __init__(self, seed: int = 0, steps: int = 200) -> None:
         super().__init__()
         from ..data import digits
 
