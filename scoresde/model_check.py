@@ -15,7 +15,7 @@ process and score function, adapted diffusers / k-diffusion models included.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor
 
 import solvers as S
 
+from .harness.features import frechet_distance
 from .harness.metrics import fit_order, sliced_w2
 
 
@@ -41,12 +42,17 @@ def check_model(
     seed: int = 0,
     reference_tol: float = 1e-6,
     sde_reference_steps: int = 1000,
+    features: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Errors of each fixed-step solver at each NFE against the converged reference runs.
 
-    Returns ``{"records": [...], "orders": {solver: (pathwise order, distributional order)}}``;
-    a record holds ``solver``, ``kind``, ``nfe``, ``pathwise`` (``nan`` for SDE solvers) and
-    ``sliced_w2``.
+    Returns ``{"records": [...], "orders": {solver: (pathwise order, distributional order)},
+    "floors": {...}}``; a record holds ``solver``, ``kind``, ``nfe``, ``steps``, ``pathwise``
+    (``nan`` for SDE solvers), ``sliced_w2`` and, given a feature map ``features`` (images to
+    ``(n, k)`` features), ``frechet``: the Fréchet distance between Gaussian fits of the features
+    (:func:`scoresde.harness.features.frechet_distance`). ``floors["sde"]`` holds each
+    distributional metric between two SDE reference runs with independent noise (what a perfect
+    SDE sampler scores); ODE solvers share ``x_T`` with their reference, so theirs is 0.
     """
     names = (
         list(solver_names) if solver_names else [s for s in S.available() if not S.get(s).adaptive]
@@ -68,6 +74,9 @@ def check_model(
                 )[0]  # fmt: skip
         return refs[kind]
 
+    def frechet(x: Tensor, ref: Tensor) -> float:
+        return frechet_distance(features(x), features(ref))
+
     records = []
     for name in names:
         spec = S.get(name)
@@ -82,9 +91,12 @@ def check_model(
                 {
                     "solver": name,
                     "kind": spec.kind,
+                    "nfe_budget": int(nfe),
                     "nfe": stats.nfe,
                     "pathwise": _pathwise(x, ref) if spec.kind == "ode" else math.nan,
                     "sliced_w2": sliced_w2(x.reshape(n, -1), ref.reshape(n, -1), seed=seed),
+                    "steps": stats.steps,
+                    **({"frechet": frechet(x, ref)} if features is not None else {}),
                 }
             )
     orders = {}
@@ -95,7 +107,20 @@ def check_model(
             fit_order(nfe, [r["pathwise"] for r in rows]),
             fit_order(nfe, [r["sliced_w2"] for r in rows]),
         )
-    return {"records": records, "orders": orders}
+    floors: dict[str, dict[str, float]] = {}
+    if "sde" in refs:  # a second SDE reference with independent noise
+        g = torch.Generator().manual_seed(seed + 3)
+        steps = sde_reference_steps
+        other = S.sample(sde, score_fn, x_T=x_T, solver="euler_maruyama", steps=steps, generator=g)[
+            0
+        ]
+        ref = refs["sde"]
+        floors["sde"] = {
+            "sliced_w2": sliced_w2(other.reshape(n, -1), ref.reshape(n, -1), seed=seed)
+        }
+        if features is not None:
+            floors["sde"]["frechet"] = frechet(other, ref)
+    return {"records": records, "orders": orders, "floors": floors}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -58,8 +58,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--nfe",
         nargs="+",
         type=positive_int,
-        default=list(DEFAULT_NFES),
-        help="NFE budgets, final denoising step included (default: %(default)s)",
+        default=None,
+        help=f"NFE budgets, final denoising step included (default: {' '.join(map(str, DEFAULT_NFES))}; "
+        "with --ckpt: 10 20 40)",
     )
     p.add_argument("--seed", type=integer, default=0, help="seeds everything (default: 0)")
     p.add_argument("--out", default="check_results", help="output directory (default: %(default)s)")
@@ -67,8 +68,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--samples",
         type=positive_int,
-        default=4096,
-        help="samples per run for sample-based metrics (default: %(default)s)",
+        default=None,
+        help="samples per run for sample-based metrics (default: 4096; with --ckpt: 256)",
     )
     p.add_argument("--grid", default=None, help="time grid for all solvers (default: their own)")
     p.add_argument("--t-end", type=positive_float, default=None, help="truncation time")
@@ -169,29 +170,40 @@ def _thread_limit(threads: int) -> Iterator[None]:
 
 
 def _check_ckpt(args: argparse.Namespace, fail: Any) -> int:
-    """``check --ckpt``: :func:`scoresde.model_check.check_model` on a trained model."""
-    import json
-
-    from ..model_check import check_model, format_table
-    from ..training import CheckpointError, load_pretrained
+    """``check --ckpt``: :func:`scoresde.harness.run_study` with ``model=`` (each solver against
+    the model's own converged reference), printed and written like the analytic study."""
+    from ..harness import run_study
+    from ..training import CheckpointError
 
     try:
-        sde, model, score_fn, meta = load_pretrained(args.ckpt, "cpu")
-        if model.num_classes is not None:  # unconditional, through the null label
-            score_fn = model.score_fn(model.null_label)
-        names = None if args.solvers in (None, ["all"]) else args.solvers
+        names = None if args.solvers is None else args.solvers
+        if names == ["all"]:
+            from ..harness import fixed_step_solvers
+
+            names = fixed_step_solvers()
         with _thread_limit(args.threads):
-            result = check_model(
-                sde, score_fn, meta["data"]["shape"], names, args.nfe, args.samples, args.seed
+            result = run_study(
+                names,
+                model=args.ckpt,
+                nfes=args.nfe or (10, 20, 40),
+                seed=args.seed,
+                n_samples=args.samples or 256,
             )
     except (FileNotFoundError, CheckpointError, ValueError) as err:
         return fail(str(err))
-    print(format_table(result))
+    print(result.table())
+    print(result.orders_table())
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "model_check.json")
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1, default=float)
-    print(f"wrote {path}")
+    paths = [
+        result.to_csv(os.path.join(args.out, "model_check.csv")),
+        result.to_json(os.path.join(args.out, "model_check.json")),
+    ]
+    if not args.no_plot:
+        try:
+            paths.append(result.plot(os.path.join(args.out, "model_check.png")))
+        except ImportError as err:
+            print(f"(no plot: {err})")
+    print("wrote " + ", ".join(paths))
     return 0
 
 
@@ -199,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     import solvers
 
     from ..harness import (
+        DEFAULT_NFES,
         DEFAULT_SOLVERS,
         SCORE_ERROR_SOLVERS,
         TARGETS,
@@ -258,10 +271,10 @@ def run(args: argparse.Namespace) -> int:
             result = run_study(
                 chosen,
                 targets,
-                args.nfe,
+                args.nfe or list(DEFAULT_NFES),
                 args.seed,
                 sde=sde,
-                n_samples=args.samples,
+                n_samples=args.samples or 4096,
                 t_end=args.t_end,
                 grid=args.grid,
                 progress=not args.quiet,

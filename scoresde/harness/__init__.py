@@ -58,8 +58,11 @@ The package, one job per module (data flows one way, top to bottom):
 * :mod:`.study`: resolving the solvers and budgets, and running the study;
 * :mod:`.score_error`: imperfect scores and the stochastic-vs-ODE crossover;
 * :mod:`.report`: records, summaries, tables, CSV / JSON; :mod:`.plots`: the figures.
+* :mod:`.model_study`: ``run_study(model=...)``, solvers on your own model against its converged
+  reference; :mod:`.features`: the Fréchet distance of digits-classifier features.
 """
 
+from .features import digits_features, frechet_distance
 from .metrics import fit_order, gaussian_w2, mode_errors, per_mode_w2, sliced_w2
 from .moments import exact_output_moments, exact_solution_moments, gaussian_flow_map
 from .report import CSV_FIELDS, Record, StudyResult, TargetSummary, solver_table
@@ -98,10 +101,12 @@ __all__ = [
     "crossover_table",
     "crossovers",
     "default_solvers",
+    "digits_features",
     "exact_output_moments",
     "exact_solution_moments",
     "fit_order",
     "fixed_step_solvers",
+    "frechet_distance",
     "gaussian_flow_map",
     "gaussian_w2",
     "get_target",

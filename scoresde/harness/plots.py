@@ -32,7 +32,7 @@ def plot_errors(result: StudyResult, path: str | os.PathLike, title: str | None 
         {**rec, "solver": f"{rec['solver']} (order {declared[rec['solver']]:g})"} for rec in records
     ]
     if title is None:
-        title = (
+        title = result.settings.get("plot_title") or (
             "Sampler error vs NFE against the exact target (exact score, "
             f"{result.settings['sde'].split('(')[0]}, t_end={result.settings['t_end']:g})"
         )

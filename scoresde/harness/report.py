@@ -202,7 +202,8 @@ class StudyResult:
             declared = next(o["declared"] for o in orders if o["solver"] == s)
             lines.append("  " + s.ljust(width) + f"{declared:g}".rjust(8) + cells)
         lines.append(
-            "  Gaussian targets: fitted on the exact discretisation error (output vs the exact "
+            self.settings.get("orders_note")
+            or "  Gaussian targets: fitted on the exact discretisation error (output vs the exact "
             "solution's law) over the three largest NFEs; mixtures: on errors above twice the "
             "noise floor ('-': too few such points)."
         )

@@ -148,7 +148,7 @@ def run_study(
     seed: int = 0,
     *,
     sde: Any = None,
-    n_samples: int = 4096,
+    n_samples: int | None = None,
     n_reference: int | None = None,
     n_projections: int = 64,
     t_end: float | None = None,
@@ -161,6 +161,7 @@ def run_study(
     device: torch.device | str = "cpu",
     progress: bool = False,
     score_error: tuple[str, float] | None = None,
+    model: Any = None,
 ) -> StudyResult:
     """Measure each solver's error against each exact target at each NFE budget.
 
@@ -176,7 +177,8 @@ def run_study(
             sliced-W2 projections. The same prior sample and noise stream are used for every
             solver and budget (common random numbers), so differences are not sampling noise.
         sde: the diffusion process (default ``VPSDE(LinearVP())``).
-        n_samples: samples per run for the Monte-Carlo metrics (mixtures, non-affine solvers).
+        n_samples: samples per run for the Monte-Carlo metrics (mixtures, non-affine solvers;
+            default 4096).
         n_reference: size of the mixture reference sample (default ``n_samples``, so the noise
             floor is the distance between two perfect samplers' outputs).
         n_projections: directions for the sliced W2.
@@ -195,11 +197,27 @@ def run_study(
             (:func:`scoresde.harness.score_error.perturb_score`); the errors are still against
             the exact target. Exact moment propagation only for ``scale`` (the others are not
             affine in ``x``).
+        model: check the solvers on your own model instead of the exact targets: a checkpoint or
+            ``scoresde export`` directory, or a tuple ``(sde, score_fn, shape)``. Each solver is
+            measured against the model's own converged reference run from the same ``x_T``
+            (:func:`scoresde.harness.model_study.model_study`; uses ``solvers``, ``nfes``,
+            ``seed`` and ``n_samples``, default 256 here; ``targets`` and the options of the
+            analytic study do not apply).
 
     Returns:
         A :class:`StudyResult` (``.table()``, ``.orders()``, ``.to_csv()``, ``.to_json()``,
         ``.plot()``).
     """
+    if model is not None:
+        from .model_study import model_study
+
+        names = [r.name for r in _resolve_solvers(solvers, None, None)]
+        n = 256 if n_samples is None else n_samples
+        return model_study(
+            model, names, nfes if nfes is not DEFAULT_NFES else (10, 20, 40), seed, n
+        )
+    if n_samples is None:
+        n_samples = 4096
     runs = _resolve_solvers(solvers, solver_options, grid)
     tmap = _resolve_targets(targets)
     budgets = _check_nfes(nfes)
