@@ -68,15 +68,20 @@ def check_t_end(sde: DiffusionProcess, t_end: float | None) -> float:
     return t_end
 
 
+def check_positive_option(name: str, value: float) -> None:
+    """A solver option that must be a finite positive number (a bool is not a number here)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"{name}={value!r} must be a finite positive number")
+
+
 def check_tolerances(rtol: float, atol: float) -> None:
     """Error tolerances of an adaptive integrator: finite positive numbers."""
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if (
-            isinstance(tol, bool)
-            or not isinstance(tol, int | float)
-            or not (math.isfinite(tol) and tol > 0)
-        ):
-            raise ValueError(f"{name}={tol!r} must be a finite positive number")
+    check_positive_option("rtol", rtol)
+    check_positive_option("atol", atol)
 
 
 def explicit_grid(grid: Tensor | Sequence[float], T: float) -> Tensor:

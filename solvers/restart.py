@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .registry import register
+from .resolve import check_positive_option
 from .sampling import SolverContext
 
 
@@ -72,8 +73,8 @@ def _check(name: str, v: float, integer: bool = False) -> None:
     if integer:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name}={v!r} must be a non-negative integer")
-    elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
-        raise ValueError(f"{name}={v!r} must be a finite positive number")
+    else:
+        check_positive_option(name, v)
 
 
 @register(

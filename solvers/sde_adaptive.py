@@ -7,20 +7,14 @@ absolute/relative tolerance, accept/reject, and per-sample step sizes.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .registry import register
+from .resolve import check_positive_option
 from .sampling import SolverContext
 
 MAX_ITERATIONS = 100_000
-
-
-def _positive(name: str, v: float) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
-        raise ValueError(f"{name}={v!r} must be a finite positive number")
 
 
 class BrownianStack:
@@ -162,7 +156,7 @@ def sde_adaptive(
     improved-Euler one).
     """
     for name, v in (("rtol", rtol), ("atol", atol), ("safety", safety), ("exponent", exponent)):
-        _positive(name, v)
+        check_positive_option(name, v)
     times = ctx.times
     t_end = times[-1]
     b = x.shape[0]
