@@ -11,6 +11,7 @@ flows back). Error ``|mean - mean*| + ||cov - cov*||_F``.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -289,3 +290,30 @@ def test_brownian_stack_splits_a_rejected_increment_by_the_bridge():
     w_long = step(1.0)
     assert abs(float(w_long.var()) - 1.0) < 0.02
     assert abs(float(torch.cov(torch.stack([w_long, w_fresh]))[0, 1]) - 0.5) < 0.01
+
+
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("restarts", 1.5, "restarts=1.5 must be a non-negative integer"),
+        ("restarts", True, "restarts=True must be a non-negative integer"),
+        ("restarts", -1, "restarts=-1 must be a non-negative integer"),
+        ("s_min", "0.1", "s_min='0.1' must be a finite positive number"),
+        ("s_max", False, "s_max=False must be a finite positive number"),
+    ],
+)
+def test_restart_names_a_bad_option(option, value, expected):
+    sde = SDES["VP"]
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        solvers.sample(sde, GAUSS.score_fn(sde), shape=(2, 3), solver="restart", steps=8,
+                       **{option: value})  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["0.01", True, 0.0, math.inf])
+def test_tolerances_must_be_finite_positive_numbers(value):
+    """One check serves ode_adaptive, sde_adaptive and torchsde: a string or a bool is refused
+    with a ValueError naming it, not a TypeError from a comparison."""
+    sde = SDES["VP"]
+    for name in ("ode_adaptive", "sde_adaptive"):
+        with pytest.raises(ValueError, match=f"rtol={re.escape(repr(value))} must be a finite"):
+            solvers.sample(sde, GAUSS.score_fn(sde), shape=(2, 3), solver=name, rtol=value)
