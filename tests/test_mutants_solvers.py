@@ -41,3 +41,311 @@ def test_denoise_is_one_more_evaluation_giving_the_tweedie_mean(sde):
     torch.testing.assert_close(den, tweedie_denoise(raw, score(raw, t_vec), alpha, sigma))
     torch.testing.assert_close(st_den.grid, time_grid("uniform", sde, 8, sde.T, t_end))
     assert math.isclose(float(st_den.grid[-1]), t_end) and st_den.wall_time >= 0
+
+
+# -- the registry: register() is called at import for the built-in solvers, so its contract is
+# tested here on solvers registered inside the test -------------------------------------------
+
+
+def _user_solver(ctx, x, k=1):
+    """First line of the doc.
+
+    More text.
+    """
+    return x
+
+
+def test_register_records_every_field_as_given():
+    def when(options):
+        return options["k"] == 1
+
+    solvers.register(
+        "t_full",
+        kind="sde",
+        order=1.5,
+        evals_per_step=3,
+        default_grid="karras",
+        adaptive=True,
+        affine=True,
+        options={"k": 1},
+        reference="ref",
+        affine_when=when,
+        order_option="k",
+        order_untested="why",
+    )(_user_solver)
+    spec = solvers.get("t_full")
+    assert (spec.name, spec.fn, spec.kind, spec.order, spec.evals_per_step) == (
+        "t_full",
+        _user_solver,
+        "sde",
+        1.5,
+        3,
+    )
+    assert (spec.default_grid, spec.adaptive, spec.affine, spec.options) == (
+        "karras",
+        True,
+        True,
+        {"k": 1},
+    )
+    assert (spec.reference, spec.description, spec.affine_when) == (
+        "ref",
+        "First line of the doc.",
+        when,
+    )
+    assert (spec.order_option, spec.order_untested) == ("k", "why")
+    assert spec.is_affine() and not spec.is_affine(k=2)
+    assert solvers.available("sde").count("t_full") == 1 and "t_full" not in solvers.available(
+        "ode"
+    )
+
+
+def test_register_defaults():
+    solvers.register("t_min", kind="ode", order=2, evals_per_step=None)(lambda ctx, x: x)
+    spec = solvers.get("t_min")
+    assert (spec.default_grid, spec.adaptive, spec.affine, spec.options) == (
+        "uniform",
+        False,
+        True,
+        {},
+    )
+    assert (spec.reference, spec.description, spec.affine_when) == ("", "", None)
+    assert (spec.order_option, spec.order_untested, spec.evals_per_step) == (None, "", None)
+    assert spec.is_affine() and spec.is_affine(anything=1)
+    # affine defaults to "not adaptive"; an explicit value wins
+    solvers.register("t_adapt", kind="ode", order=2, evals_per_step=None, adaptive=True)(
+        _user_solver
+    )
+    assert solvers.get("t_adapt").affine is False and not solvers.get("t_adapt").is_affine()
+    solvers.register("t_aff", kind="ode", order=2, evals_per_step=1, adaptive=True, affine=True)(
+        _user_solver
+    )
+    assert solvers.get("t_aff").affine is True
+    solvers.register("t_naff", kind="ode", order=2, evals_per_step=1, affine=False)(_user_solver)
+    assert solvers.get("t_naff").affine is False
+
+
+def test_register_copies_the_options_and_overwrites_only_when_asked():
+    options = {"k": 1}
+    solvers.register("t_copy", kind="ode", order=1, evals_per_step=1, options=options)(_user_solver)
+    options["k"] = 2
+    assert solvers.get("t_copy").options == {"k": 1}
+    with pytest.raises(
+        ValueError, match=r"^a solver named 't_copy' is already registered \(pass overwrite=True\)$"
+    ):
+        solvers.register("t_copy", kind="ode", order=1, evals_per_step=1)(_user_solver)
+    solvers.register("t_copy", kind="sde", order=2, evals_per_step=1, overwrite=True)(_user_solver)
+    assert solvers.get("t_copy").kind == "sde"
+    solvers.unregister("t_copy")
+    assert "t_copy" not in solvers.available()
+    with pytest.raises(ValueError, match="unknown solver 't_copy'"):
+        solvers.unregister("t_copy")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kind": "pde"}, "kind='pde'; expected one of sde, ode"),
+        ({"name": ""}, "name='' must be a non-empty string"),
+        ({"name": 3}, "name=3 must be a non-empty string"),
+        ({"order": 0}, "order=0 must be a positive number"),
+        ({"order": -1.0}, "order=-1.0 must be a positive number"),
+        ({"order": "2"}, "order='2' must be a positive number"),
+        ({"evals_per_step": True}, "evals_per_step=True must be a positive integer or None"),
+        ({"evals_per_step": 1.0}, "evals_per_step=1.0 must be a positive integer or None"),
+        ({"evals_per_step": 0}, "evals_per_step=0 must be a positive integer or None"),
+        ({"order_option": "p"}, r"order_option='p' is not one of the options \(none\)"),
+        (
+            {"order_option": "p", "options": {"a": 1, "b": 2}},
+            "order_option='p' is not one of the options a, b",
+        ),
+    ],
+)
+def test_register_rejects_bad_declarations_by_value(kwargs, message):
+    args = {"name": "t_bad", "kind": "ode", "order": 1, "evals_per_step": 1, **kwargs}
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        solvers.register(args.pop("name"), **args)
+
+
+def test_unknown_names_and_kinds_list_the_valid_ones():
+    names = ", ".join(solvers.available())
+    with pytest.raises(ValueError, match=f"^unknown solver 'nope'; available solvers: {names}$"):
+        solvers.get("nope")
+    with pytest.raises(ValueError, match="unknown solver"):
+        solvers.get(["not", "hashable"])
+    with pytest.raises(ValueError, match=r"^kind='pde'; expected one of sde, ode or None$"):
+        solvers.available("pde")
+    assert solvers.available() == sorted(solvers.available("sde") + solvers.available("ode"))
+
+
+# -- resolve: explicit grids, steps, t_end, options --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ([1.0], "an explicit grid needs at least 2 times, got 1"),
+        ([1.0, 0.5, 0.5], r"an explicit grid must be strictly decreasing \(from T towards t_end\)"),
+        ([1.0, 0.5, 0.7], r"an explicit grid must be strictly decreasing \(from T towards t_end\)"),
+        ([1.5, 0.5, 0.1], r"grid runs from 1.5 to 0.1; expected within \(0, 1.0\]"),
+        ([2.5, 0.1], r"grid runs from 2.5 to 0.1; expected within \(0, 1.0\]"),
+        ([1.0, 0.5, 0.0], r"grid runs from 1.0 to 0.0; expected within \(0, 1.0\]"),
+        ([1.0, 0.5, -0.1], r"grid runs from 1.0 to -0.1; expected within \(0, 1.0\]"),
+    ],
+)
+def test_explicit_grids_are_checked_with_the_reason(grid, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        solvers.sample(VP, GAUSS.score_fn(VP), x_T=_x_T(VP), solver="ddim", grid=grid)
+
+
+def test_an_explicit_grid_sets_steps_and_t_end():
+    grid = [1.0, 0.6, 0.3, 0.05]
+    x, st = solvers.sample(
+        VP, GAUSS.score_fn(VP), x_T=_x_T(VP), solver="ddim", grid=grid, denoise=False
+    )
+    assert st.steps == 3 and st.nfe == 3 and st.t_end == 0.05 and st.grid.tolist() == grid
+    plan = solvers.resolve(VP, "ddim", 3, torch.tensor(grid, dtype=F64), None, {})
+    assert plan.t_end == 0.05 and plan.grid.dtype == F64 and plan.options == {"eta": 0.0}
+
+
+# -- the solver context's helpers (the API of a user-written solver) ----------------------------
+
+
+def _context(sde, steps: int = 4, **kwargs) -> solvers.SolverContext:
+    grid = time_grid("uniform", sde, steps, sde.T, sde.default_t_end)
+    return solvers.SolverContext(sde, GAUSS.score_fn(sde), grid, None, None, False, **kwargs)
+
+
+@pytest.mark.parametrize("sde", [VP, VE], ids=["VP", "VE"])
+def test_context_helpers_are_the_process_coefficients(sde):
+    ctx = _context(sde)
+    t = 0.37
+    alpha, sigma = (float(v) for v in sde.marginal(t))
+    assert ctx.marginal(t) == (alpha, sigma)
+    assert math.isclose(ctx.g2(t), float(sde.diffusion(t)) ** 2, rel_tol=1e-15)
+    assert ctx.log_snr(t) == float(sde.log_snr(t)) and math.isclose(
+        ctx.log_snr(t), math.log(alpha / sigma)
+    )
+    c = ctx.coefficients([t, 0.5])
+    assert c.t == [t, 0.5] and c.alpha[0] == alpha and c.sigma[0] == sigma
+    assert math.isclose(c.g2[1], float(sde.diffusion(0.5)) ** 2, rel_tol=1e-15)
+    assert math.isclose(c.f[1], float(sde.drift_coef(0.5)), rel_tol=1e-15)
+    assert ctx.coefficients() is ctx.coefficients()  # the grid's coefficients are cached
+    assert ctx.coefficients().t == ctx.grid.tolist()
+    x = _x_T(sde)
+    v = ctx.pf_drift(x, t)  # f x - g^2 score / 2
+    t_vec = torch.full((x.shape[0],), t, dtype=F64)
+    expected = float(sde.drift_coef(t)) * x - 0.5 * ctx.g2(t) * GAUSS.score_fn(sde)(x, t_vec)
+    torch.testing.assert_close(v, expected, rtol=1e-12, atol=1e-12)
+    assert ctx.nfe == 1
+    a_ts, sig_ts = ctx.transitions()
+    s_, t_ = ctx.times[1], ctx.times[0]
+    a_ref, sig_ref = (float(v) for v in sde.transition(s_, t_))
+    assert math.isclose(a_ts[0], a_ref, rel_tol=1e-14) and math.isclose(
+        sig_ts[0], sig_ref, rel_tol=1e-14
+    )
+    c_t, c_0, var = ctx.posteriors()
+    ref = [float(v) for v in sde.posterior(s_, t_)]
+    assert [c_t[0], c_0[0], var[0]] == pytest.approx(ref, rel=1e-14)
+    assert len(c_t) == len(a_ts) == 4
+
+
+def test_a_nan_score_names_the_step_the_time_and_what_to_check():
+    def score(x, t):
+        return torch.full_like(x, math.nan) if float(t[0]) < 0.5 else -x
+
+    msg = r"^score_fn returned NaN or Inf at step 3 \(t=0\.25\); check the model, its dtype and the time range$"
+    with pytest.raises(solvers.NonFiniteScoreError, match=msg):
+        solvers.sample(VP, score, x_T=_x_T(VP), solver="ode_euler", grid=[1.0, 0.75, 0.5, 0.25])
+
+
+# -- option checks of the ODE and SDE solvers: the error names the option, its value and the rule --
+
+OPTION_ERRORS = [
+    ("ddim", {"eta": -0.1}, r"eta=-0.1 must be a number in \[0, 1\] \(0: ODE, 1: ancestral\)"),
+    ("ddim", {"eta": 1.5}, r"eta=1.5 must be a number in \[0, 1\] \(0: ODE, 1: ancestral\)"),
+    ("ddim", {"eta": True}, r"eta=True must be a number in \[0, 1\] \(0: ODE, 1: ancestral\)"),
+    ("ddim", {"eta": "0"}, r"eta='0' must be a number in \[0, 1\] \(0: ODE, 1: ancestral\)"),
+    ("dpm_solver_pp_2m", {"lower_order_final": 1}, "lower_order_final=1 must be True or False"),
+    (
+        "dpm_solver_pp_3m",
+        {"lower_order_final": None},
+        "lower_order_final=None must be True or False",
+    ),
+    ("edm_heun", {"s_churn": -1.0}, "s_churn=-1.0 must be a finite non-negative number"),
+    ("edm_heun", {"s_churn": math.inf}, "s_churn=inf must be a finite non-negative number"),
+    ("edm_heun", {"s_tmin": "0"}, "s_tmin='0' must be a finite non-negative number"),
+    ("edm_heun", {"s_noise": -0.5}, "s_noise=-0.5 must be a finite non-negative number"),
+    ("edm_heun", {"s_tmin": 2.0, "s_tmax": 1.0}, "s_tmax=1.0 must be a number >= s_tmin=2.0"),
+    ("edm_heun", {"s_tmax": None}, "s_tmax=None must be a number >= s_tmin=0.0"),
+    ("unipc", {"order": 4}, "order=4 must be an integer in 1..3"),
+    ("unipc", {"order": 0}, "order=0 must be an integer in 1..3"),
+    ("unipc", {"order": True}, "order=True must be an integer in 1..3"),
+    ("unipc", {"order": 2.0}, "order=2.0 must be an integer in 1..3"),
+    ("unipc", {"variant": "bh3"}, "variant='bh3'; expected one of bh1, bh2"),
+    ("unipc", {"prediction": "v"}, "prediction='v'; expected one of data, noise"),
+    ("unipc", {"lower_order_final": "yes"}, "lower_order_final='yes' must be True or False"),
+    ("ipndm", {"order": 5}, "order=5 must be an integer in 1..4"),
+    ("ipndm", {"order": 0}, "order=0 must be an integer in 1..4"),
+    (
+        "ode_adaptive",
+        {"method": "rk4"},
+        r"method='rk4'; expected one of dopri5, dopri8, bosh3, fehlberg2, adaptive_heun \(for fixed "
+        r"steps use the ode_euler, ode_heun or ode_rk4 solvers\)",
+    ),
+    ("ode_adaptive", {"rtol": 0.0}, "rtol=0.0 must be a finite positive number"),
+    ("ode_adaptive", {"atol": -1.0}, "atol=-1.0 must be a finite positive number"),
+    (
+        "predictor_corrector",
+        {"predictor": "heun"},
+        "predictor='heun'; expected one of euler_maruyama, reverse_diffusion, ancestral",
+    ),
+    (
+        "predictor_corrector",
+        {"corrector": "ald"},
+        "corrector='ald'; expected one of langevin, none",
+    ),
+    (
+        "predictor_corrector",
+        {"corrector_steps": -1},
+        "corrector_steps=-1 must be a non-negative integer",
+    ),
+    (
+        "predictor_corrector",
+        {"corrector_steps": 1.0},
+        "corrector_steps=1.0 must be a non-negative integer",
+    ),
+    (
+        "predictor_corrector",
+        {"corrector_steps": True},
+        "corrector_steps=True must be a non-negative integer",
+    ),
+    ("predictor_corrector", {"snr": 0.0}, "snr=0.0 must be a positive number"),
+    ("predictor_corrector", {"snr": math.nan}, "snr=nan must be a positive number"),
+    ("predictor_corrector", {"snr": "0.1"}, "snr='0.1' must be a positive number"),
+    ("torchsde_euler", {"adaptive": 1}, "adaptive=1 must be True or False"),
+    ("torchsde_srk", {"rtol": -1e-3}, "rtol=-0.001 must be a finite positive number"),
+    ("torchsde_milstein", {"atol": math.inf}, "atol=inf must be a finite positive number"),
+]
+
+
+@pytest.mark.parametrize(
+    "solver, options, message",
+    OPTION_ERRORS,
+    ids=[f"{s}-{i}" for i, (s, _, _) in enumerate(OPTION_ERRORS)],
+)
+def test_solver_options_are_checked_by_value(solver, options, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        solvers.sample(VP, GAUSS.score_fn(VP), x_T=_x_T(VP, 2), solver=solver, **options)
+
+
+def test_a_hook_with_an_adaptive_torchsde_run_is_refused():
+    msg = r"^adaptive=True chooses its own steps; a before_step hook \(inpainting\) needs fixed steps \(adaptive=False\)$"
+    with pytest.raises(ValueError, match=msg):
+        solvers.sample(
+            VP,
+            GAUSS.score_fn(VP),
+            x_T=_x_T(VP, 2),
+            solver="torchsde_euler",
+            adaptive=True,
+            before_step=lambda x, t: x,
+        )
