@@ -349,3 +349,41 @@ def test_a_hook_with_an_adaptive_torchsde_run_is_refused():
             adaptive=True,
             before_step=lambda x, t: x,
         )
+
+
+# -- noise and the probability-flow velocity ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_solver_noise_is_the_generators_standard_normal_in_the_state_dtype(dtype):
+    # one Euler-Maruyama step from t = 1 to s = 0.5: x_s = (1 - dt f) x + dt g^2 score + sqrt(dt g^2) z
+    x = _x_T(VP, 8).to(dtype)
+    score = GAUSS.score_fn(VP)
+    out, _ = solvers.sample(
+        VP,
+        score,
+        x_T=x,
+        solver="euler_maruyama",
+        grid=[1.0, 0.5],
+        denoise=False,
+        generator=torch.Generator().manual_seed(7),
+    )
+    dt, f, g2 = 0.5, float(VP.drift_coef(1.0)), float(VP.diffusion(1.0)) ** 2
+    mean = (1 - dt * f) * x + dt * g2 * score(x, torch.ones(8, dtype=dtype))
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    assert out.dtype == dtype
+    tol = 1e-12 if dtype == F64 else 1e-5
+    torch.testing.assert_close((out - mean) / math.sqrt(dt * g2), z, rtol=0, atol=tol)
+
+
+def test_pf_velocity_takes_floats_tensors_or_a_mix():
+    g = torch.Generator().manual_seed(1)
+    x, score = torch.randn(3, 2, generator=g, dtype=F64), torch.randn(3, 2, generator=g, dtype=F64)
+    f_vec = torch.tensor([[-0.5], [-1.0], [-2.0]], dtype=F64)
+    x0, s0 = x.clone(), score.clone()
+    for f, g2 in [(-0.7, 1.3), (f_vec, 1.3), (-0.7, f_vec.abs()), (f_vec, f_vec.abs())]:
+        expected = f * x - 0.5 * g2 * score
+        torch.testing.assert_close(
+            solvers.pf_velocity(x, score, f, g2), expected, rtol=1e-15, atol=0
+        )
+    assert torch.equal(x, x0) and torch.equal(score, s0)  # the inputs are left alone

@@ -171,8 +171,11 @@ def set_selection(pyproject: str, selection: list[str]) -> str:
     return "".join(out)
 
 
-def results(workdir: Path, patterns: list[str]) -> dict[str, Counter]:
-    """``{source file: Counter(status)}`` from mutmut's ``.meta`` files in ``workdir``."""
+def results(
+    workdir: Path, patterns: list[str], sampled: set[str] | None = None
+) -> dict[str, Counter]:
+    """``{source file: Counter(status)}`` from mutmut's ``.meta`` files in ``workdir`` (with
+    ``sampled``: of the sampled mutants only, plus ``"generated"``, every mutant of the file)."""
     from fnmatch import fnmatch
 
     per_file: dict[str, Counter] = {}
@@ -184,20 +187,71 @@ def results(workdir: Path, patterns: list[str]) -> dict[str, Counter]:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         if not codes:
             continue
-        per_file[rel] = Counter(EXIT_STATUS.get(c, "suspicious") for c in codes.values())
+        c = Counter(
+            EXIT_STATUS.get(v, "suspicious")
+            for k, v in codes.items()
+            if sampled is None or k in sampled
+        )
+        if sampled is not None:
+            c["generated"] = len(codes)
+        per_file[rel] = c
     return per_file
 
 
-def survivors(workdir: Path, patterns: list[str]) -> list[tuple[str, str]]:
+def survivors(workdir: Path, patterns: list[str], sampled: bool = False) -> list[tuple[str, str]]:
+    """Mutants not killed (of the sample, if ``sampled``: unsampled ones stay "not checked")."""
     from fnmatch import fnmatch
+
+    chosen = None
+    if sampled and (workdir / "sampled.json").is_file():
+        chosen = set(json.loads((workdir / "sampled.json").read_text()))
 
     out = []
     for meta in sorted((workdir / "mutants").rglob("*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             status = EXIT_STATUS.get(code, "suspicious")
+            if chosen is not None and name not in chosen:
+                continue
             if status not in ("killed", "timeout") and any(fnmatch(name, p) for p in patterns):
                 out.append((name, status))
     return out
+
+
+def statuses(workdir: Path) -> dict[str, str]:
+    out = {}
+    for meta in (workdir / "mutants").rglob("*.py.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            out[name] = EXIT_STATUS.get(code, "suspicious")
+    return out
+
+
+def generate(workdir: Path, mutmut: str) -> None:
+    """Write the mutants (mutmut's first phase) without running anything."""
+    code = (
+        "import os; from mutmut.__main__ import copy_src_dir, create_mutants; "
+        "os.makedirs('mutants', exist_ok=True); copy_src_dir(); create_mutants(1)"
+    )
+    python = str(Path(mutmut).parent / "python")
+    subprocess.run([python, "-c", code], cwd=workdir, check=True, capture_output=True)
+
+
+def sample_names(workdir: Path, patterns: list[str], fraction: float, seed: int) -> list[str]:
+    """A seeded random ``fraction`` of each file's mutants (at least one per file)."""
+    import math
+    import random
+    from fnmatch import fnmatch
+
+    rng = random.Random(seed)
+    names = []
+    for meta in sorted((workdir / "mutants").rglob("*.py.meta")):
+        mine = sorted(
+            n
+            for n in json.loads(meta.read_text())["exit_code_by_key"]
+            if any(fnmatch(n, p) for p in patterns)
+        )
+        if mine:
+            names += rng.sample(mine, max(1, math.ceil(fraction * len(mine))))
+    return names
 
 
 def diff(workdir: Path, name: str) -> str:
@@ -212,23 +266,57 @@ def diff(workdir: Path, name: str) -> str:
         os.chdir(cwd)
 
 
-def table(per_file: dict[str, Counter]) -> str:
+def table(per_file: dict[str, Counter], sampled: set[str] | None = None) -> str:
+    """Markdown table per file. With a sample: the counts are of the sampled mutants, the score
+    is theirs with a 95% Wilson interval, and the total weights each file by its mutant count."""
     cols = ["killed", "timeout", "survived", "no tests", "not checked", "other"]
-    rows = ["| file | mutants | " + " | ".join(cols) + " | score |", "|---" * (len(cols) + 3) + "|"]
+    head = "| file | mutants | " + ("sampled | " if sampled is not None else "")
+    rows = [
+        head + " | ".join(cols) + " | score |",
+        "|---" * (len(cols) + 3 + (sampled is not None)) + "|",
+    ]
     total: Counter = Counter()
+    weighted = [0.0, 0]
     for rel, c in sorted(per_file.items()):
         c = Counter(c)
-        c["other"] = sum(v for k, v in c.items() if k not in cols)
-        total.update({k: c[k] for k in cols})
-        rows.append(_row(rel, c, cols))
-    rows.append(_row("**total**", total, cols))
+        c["other"] = sum(v for k, v in c.items() if k not in cols and k != "generated")
+        total.update({k: c[k] for k in [*cols, "generated"]})
+        rows.append(_row(rel, c, cols, sampled is not None))
+        n = sum(c[k] for k in cols) - c["not checked"]
+        if sampled is not None and n:
+            weighted[0] += c["generated"] * (c["killed"] + c["timeout"]) / n
+            weighted[1] += c["generated"]
+    rows.append(_row("**total**", total, cols, sampled is not None))
+    if sampled is not None and weighted[1]:
+        rows.append(
+            f"\nestimated score over all {weighted[1]} mutants: {weighted[0] / weighted[1]:.1%}"
+        )
     return "\n".join(rows)
 
 
-def _row(name: str, c: Counter, cols: list[str]) -> str:
+def _row(name: str, c: Counter, cols: list[str], sampled: bool = False) -> str:
     n = sum(c[k] for k in cols)
-    score = (c["killed"] + c["timeout"]) / n if n else float("nan")
-    return f"| {name} | {n} | " + " | ".join(str(c[k]) for k in cols) + f" | {score:.1%} |"
+    if not sampled:
+        score = (c["killed"] + c["timeout"]) / n if n else float("nan")
+        return f"| {name} | {n} | " + " | ".join(str(c[k]) for k in cols) + f" | {score:.1%} |"
+    m = n - c["not checked"]
+    p = (c["killed"] + c["timeout"]) / m if m else float("nan")
+    lo, hi = _wilson(c["killed"] + c["timeout"], m)
+    return (
+        f"| {name} | {c['generated']} | {n} | "
+        + " | ".join(str(c[k]) for k in cols)
+        + f" | {p:.1%} ({lo:.0%}-{hi:.0%}) |"
+    )
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / d
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / d
+    return mid - half, mid + half
 
 
 def main() -> None:
@@ -242,6 +330,14 @@ def main() -> None:
     )
     parser.add_argument("--survivors", action="store_true", help="list non-killed mutants")
     parser.add_argument("--diffs", action="store_true", help="with --survivors: print their diffs")
+    parser.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        help="run a random fraction of each file's mutants (seeded, stratified by file); the "
+        "table then estimates the score from the sample",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     args = parser.parse_args()
     base = args.workdir or Path(tempfile.gettempdir()) / "scoresde-mutation"
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
@@ -251,14 +347,30 @@ def main() -> None:
         workdir = base / group
         if not args.summary:
             sync_copy(workdir, selection)
-            names = [n for n, _ in survivors(workdir, patterns)] if args.rerun else patterns
+            if args.rerun:
+                names = [
+                    n for n, _ in survivors(workdir, patterns, sampled=args.sample is not None)
+                ]
+            elif args.sample is not None:
+                generate(workdir, mutmut)
+                names = sample_names(workdir, patterns, args.sample, args.seed)
+                (workdir / "sampled.json").write_text(json.dumps(names))
+                done = {n for n, st in statuses(workdir).items() if st in ("killed", "timeout")}
+                names = [n for n in names if n not in done]  # a kill stands when tests are added
+            else:
+                names = patterns
             cmd = [mutmut, "run", f"--max-children={args.max_children}", *names]
             print(f"== {group}: {' '.join(cmd[:4])} ... ({len(names)}) in {workdir}", flush=True)
             if names:
                 subprocess.run(cmd, cwd=workdir, env=env, check=False)
-        print(f"\n## {group}\n\n{table(results(workdir, patterns))}\n", flush=True)
+        sampled = None
+        if (workdir / "sampled.json").is_file() and (args.sample is not None or args.summary):
+            sampled = set(json.loads((workdir / "sampled.json").read_text()))
+        print(
+            f"\n## {group}\n\n{table(results(workdir, patterns, sampled), sampled)}\n", flush=True
+        )
         if args.survivors:
-            for name, status in survivors(workdir, patterns):
+            for name, status in survivors(workdir, patterns, sampled=sampled is not None):
                 print(f"{status}: {name}")
                 if args.diffs:
                     print(diff(workdir, name), flush=True)
