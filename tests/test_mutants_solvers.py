@@ -387,3 +387,214 @@ def test_pf_velocity_takes_floats_tensors_or_a_mix():
             solvers.pf_velocity(x, score, f, g2), expected, rtol=1e-15, atol=0
         )
     assert torch.equal(x, x0) and torch.equal(score, s0)  # the inputs are left alone
+
+
+# -- ODE solvers: warm start, lower-order final steps, callbacks, EDM churn, adaptive steps ------
+
+
+def _states(solver: str, grid, **options) -> tuple[list[torch.Tensor], torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    out, _ = solvers.sample(
+        VP,
+        GAUSS.score_fn(VP),
+        x_T=_x_T(VP),
+        solver=solver,
+        grid=grid,
+        denoise=False,
+        callback=lambda i, t, x: seen.append(x.clone()),
+        **options,
+    )
+    return seen, out
+
+
+def _ddim_step(x: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    return solvers.sample(VP, GAUSS.score_fn(VP), x_T=x, solver="ddim", grid=[t, s], denoise=False)[
+        0
+    ]
+
+
+UNIFORM6 = [1.0, 0.8, 0.55, 0.35, 0.2, 0.1, 0.04]  # unequal log-SNR steps: r != 1
+
+
+@pytest.mark.parametrize("solver", ["dpm_solver_pp_2m", "dpm_solver_pp_3m"])
+def test_lower_order_final_makes_only_the_last_step_first_order(solver):
+    seen, out = _states(solver, UNIFORM6, lower_order_final=True)
+    torch.testing.assert_close(
+        out, _ddim_step(seen[-2], UNIFORM6[-2], UNIFORM6[-1]), rtol=1e-12, atol=1e-12
+    )
+    seen_off, out_off = _states(solver, UNIFORM6, lower_order_final=False)
+    assert not torch.allclose(
+        out_off, _ddim_step(seen_off[-2], UNIFORM6[-2], UNIFORM6[-1]), rtol=1e-6
+    )
+    if solver == "dpm_solver_pp_2m":  # only the last step changes
+        torch.testing.assert_close(seen[-2], seen_off[-2], rtol=0, atol=0)
+    # the first step is DPM-Solver-1 (= DDIM) either way
+    torch.testing.assert_close(
+        seen[0], _ddim_step(_x_T(VP), UNIFORM6[0], UNIFORM6[1]), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_dpm_solver_3m_warms_up_with_solver_1_then_2m():
+    grid = UNIFORM6[:3]  # two steps: orders 1 and 2
+    a = _states("dpm_solver_pp_3m", grid, lower_order_final=False)[1]
+    b = _states("dpm_solver_pp_2m", grid, lower_order_final=False)[1]
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    c = _states("dpm_solver_pp_3m", UNIFORM6[:4], lower_order_final=False)[1]  # third step: order 3
+    d = _states("dpm_solver_pp_2m", UNIFORM6[:4], lower_order_final=False)[1]
+    assert not torch.allclose(c, d, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:torchsde_reversible_heun with steps")
+@pytest.mark.parametrize("name", [n for n in solvers.available() if not solvers.get(n).adaptive])
+def test_the_callback_sees_each_steps_state(name):
+    grid = [1.0, 0.6, 0.3, 0.1]
+    seen: list = []
+    out, st = solvers.sample(
+        VP,
+        GAUSS.score_fn(VP),
+        x_T=_x_T(VP),
+        solver=name,
+        grid=grid,
+        denoise=False,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda i, t, x: seen.append((i, t, x.clone())),
+    )
+    assert [(i, t) for i, t, _ in seen] == [(0, 0.6), (1, 0.3), (2, 0.1)]
+    assert all(isinstance(x, torch.Tensor) and x.shape == (6, 2) for _, _, x in seen)
+    torch.testing.assert_close(seen[-1][2], out, rtol=1e-12, atol=1e-12)
+    assert st.steps == 3
+
+
+def _recording_score(sde, record: list):
+    score = GAUSS.score_fn(sde)
+
+    def fn(x, t):
+        record.append(float(t[0]))
+        return score(x, t)
+
+    return fn
+
+
+@pytest.mark.parametrize("s_churn", [0.6, 1.2])
+def test_edm_churn_raises_the_noise_level_by_the_documented_factor(s_churn):
+    # gamma = min(s_churn / N, sqrt(2) - 1) on steps with s_tmin <= sigma~_i <= s_tmax (inclusive),
+    # seen in the time of each step's first evaluation: sigma~(t_hat) = (1 + gamma) sigma~(t_i)
+    sde, n = VP, 6
+    grid = time_grid("karras", sde, n, sde.T, sde.default_t_end)
+    alpha, sigma = sde.marginal(grid)
+    sig = [s / a for s, a in zip(sigma.tolist(), alpha.tolist(), strict=True)]  # as the solver
+    s_tmax = sig[3]  # exactly a grid level: that step is churned
+    rec: list = []
+    solvers.sample(
+        sde,
+        _recording_score(sde, rec),
+        x_T=_x_T(sde),
+        solver="edm_heun",
+        grid=grid,
+        denoise=False,
+        generator=torch.Generator().manual_seed(0),
+        s_churn=s_churn,
+        s_tmin=sig[4],
+        s_tmax=s_tmax,
+    )
+    first = rec[0::2]  # two evaluations per step
+    gamma = min(s_churn / n, math.sqrt(2) - 1)
+    for i in range(n):
+        ratio = math.exp(-float(sde.log_snr(first[i]))) / float(sig[i])
+        expected = 1 + gamma if 3 <= i <= 4 else 1.0
+        assert math.isclose(ratio, expected, rel_tol=1e-9), (i, ratio, expected)
+    # s_tmin == s_tmax is a valid (one-level) window
+    solvers.sample(
+        sde,
+        GAUSS.score_fn(sde),
+        x_T=_x_T(sde),
+        solver="edm_heun",
+        steps=3,
+        s_churn=1.0,
+        s_tmin=1.0,
+        s_tmax=1.0,
+    )
+
+
+def test_ode_adaptive_reports_states_on_the_exact_flow_and_starts_with_the_given_step():
+    from scoresde.accuracy import gaussian_flow_map
+
+    sde, x_T, rec, seen = VP, _x_T(VP), [], []
+    out, st = solvers.sample(
+        sde,
+        _recording_score(sde, rec),
+        x_T=x_T,
+        solver="ode_adaptive",
+        rtol=1e-8,
+        atol=1e-8,
+        denoise=False,
+        callback=lambda i, t, x: seen.append((t, x.clone())),
+    )
+    assert len(seen) == st.steps > 3
+    for t, x in seen:  # each reported state is the flow of x_T to its reported time
+        flow = gaussian_flow_map(sde, GAUSS.mean, GAUSS.cov, sde.T, t)
+        torch.testing.assert_close(x, flow(x_T), rtol=0, atol=1e-5)
+    # dopri5 evaluates at T, then at T - h0 / 5 with h0 = (T - t_end) / steps (steps = 100)
+    h0 = (sde.T - sde.default_t_end) / 100
+    assert rec[0] == sde.T and math.isclose(rec[1], sde.T - 0.2 * h0, rel_tol=1e-12)
+    # lands on t_end (to round-off in float64; a float32 time span misses it by 5e-11), never beyond
+    assert 0 <= min(rec) - sde.default_t_end < 1e-15
+
+
+@pytest.mark.parametrize("method, c2", [("bosh3", 0.5), ("fehlberg2", 0.5), ("dopri8", 1 / 18)])
+def test_ode_adaptive_runs_the_named_method(method, c2):
+    rec: list = []
+    solvers.sample(
+        VP, _recording_score(VP, rec), x_T=_x_T(VP), solver="ode_adaptive", method=method
+    )
+    h0 = (VP.T - VP.default_t_end) / 100
+    assert math.isclose(rec[1], VP.T - c2 * h0, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "variant, prediction", [("bh1", "data"), ("bh1", "noise"), ("bh2", "noise")]
+)
+def test_unipc_variants_match_diffusers_before_the_last_step(variant, prediction):
+    """As test_multistep.py's parity test (bh2, data), for the other variants: every state but the
+    last (diffusers' bh1 gives NaN on its last step to sigma = 0)."""
+    diffusers = pytest.importorskip("diffusers")
+    sde, steps = VP, 8
+    sched = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=1000,
+        trained_betas=sde.ddpm(1000).betas[1:].tolist(),
+        solver_order=2,
+        solver_type=variant,
+        predict_x0=prediction == "data",
+    )
+    sched.set_timesteps(steps)
+    sched.sigmas = sched.sigmas.to(F64)
+    sched.sigmas[0] = math.exp(-float(sde.log_snr(float(sde.T))))
+    times = sde.t_from_log_snr(-torch.log(sched.sigmas[:-1])).to(F64).clamp(max=float(sde.T))
+    score, x_T = GAUSS.score_fn(sde), _x_T(sde, 16)
+    x, theirs = x_T * float(sched.init_noise_sigma), []
+    for t, k in zip(times.tolist(), sched.timesteps, strict=True):
+        eps = -float(sde.marginal(t)[1]) * score(x, torch.full((x.shape[0],), t, dtype=F64))
+        x = sched.step(eps, k, x).prev_sample
+        theirs.append(x)
+    ours: list = []
+    solvers.sample(
+        sde,
+        score,
+        x_T=x_T,
+        solver="unipc",
+        grid=times,
+        order=2,
+        variant=variant,
+        prediction=prediction,
+        callback=lambda i, t, y: ours.append(y.clone()),
+    )
+    for a, b in zip(ours, theirs[:-1], strict=True):  # their last step is our denoising
+        assert float((a - b).abs().max()) < 1e-9 * float(b.abs().max())
+
+
+def test_unipc_lower_order_final_caps_the_last_step_at_order_two():
+    # p = min(order, i + 1, n + 1 - i): only order 3 is lowered (to 2) on the last step
+    for order, same in ((2, True), (3, False)):
+        a = _states("unipc", UNIFORM6, order=order, lower_order_final=True)[1]
+        b = _states("unipc", UNIFORM6, order=order, lower_order_final=False)[1]
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-13) == same, order
