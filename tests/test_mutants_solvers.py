@@ -598,3 +598,59 @@ def test_unipc_lower_order_final_caps_the_last_step_at_order_two():
         a = _states("unipc", UNIFORM6, order=order, lower_order_final=True)[1]
         b = _states("unipc", UNIFORM6, order=order, lower_order_final=False)[1]
         assert torch.allclose(a, b, rtol=1e-13, atol=1e-13) == same, order
+
+
+# -- torchsde solvers ------------------------------------------------------------------------
+
+
+def test_torchsde_registration_helper_declares_the_shared_options():
+    from solvers.torchsde_solvers import _register
+
+    _register("t_tsde", 1.5, 2, "ref")(_user_solver)
+    spec = solvers.get("t_tsde")
+    assert (spec.kind, spec.order, spec.evals_per_step, spec.reference) == ("sde", 1.5, 2, "ref")
+    assert spec.options == {"adaptive": False, "rtol": 1e-3, "atol": 1e-3}
+    assert spec.affine and spec.is_affine() and not spec.is_affine(adaptive=True)
+    for name in ("torchsde_euler", "torchsde_milstein", "torchsde_srk", "torchsde_reversible_heun"):
+        assert solvers.get(name).options == spec.options and solvers.get(name).kind == "sde"
+
+
+@pytest.mark.filterwarnings("ignore:Numerical solution is not guaranteed")
+def test_adaptive_torchsde_counts_the_accepted_steps_that_tile_the_interval(monkeypatch):
+    from solvers import torchsde_solvers as ts
+
+    made = []
+
+    class Keep(ts._RecordingBrownian):
+        __slots__ = ()
+
+        def __init__(self, bm, ctx):
+            super().__init__(bm, ctx)
+            made.append(self)
+
+    monkeypatch.setattr(ts, "_RecordingBrownian", Keep)
+    _, st = solvers.sample(
+        VP,
+        GAUSS.score_fn(VP),
+        x_T=_x_T(VP),
+        solver="torchsde_euler",
+        adaptive=True,
+        rtol=1e-2,
+        atol=1e-2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    calls = made[0].calls
+    assert len(calls) % 3 == 0
+    tries = []
+    for k in range(0, len(calls), 3):  # each try: the full step, then its two halves
+        (a, b), (a1, m), (m2, b2) = calls[k : k + 3]
+        assert a1 == a and m2 == m and b2 == b and math.isclose(m, (a + b) / 2, rel_tol=1e-12)
+        tries.append((a, b))
+    # the accepted tries are those the next try continues from; they tile [0, T - t_end]
+    accepted = [cur for cur, nxt in zip(tries, tries[1:], strict=False) if nxt[0] == cur[1]] + [
+        tries[-1]
+    ]
+    assert accepted[0][0] == 0.0 and math.isclose(accepted[-1][1], VP.T - VP.default_t_end)
+    assert all(p[1] == q[0] for p, q in zip(accepted, accepted[1:], strict=False))
+    assert len(tries) > len(accepted) > 3  # some steps were rejected
+    assert st.steps == len(accepted)
