@@ -7,6 +7,7 @@ documented bookkeeping of a sampling run, or errors that name the bad value.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -654,3 +655,49 @@ def test_adaptive_torchsde_counts_the_accepted_steps_that_tile_the_interval(monk
     assert all(p[1] == q[0] for p, q in zip(accepted, accepted[1:], strict=False))
     assert len(tries) > len(accepted) > 3  # some steps were rejected
     assert st.steps == len(accepted)
+
+
+# -- native SDE solvers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion", "ancestral"])
+def test_zero_corrector_steps_is_the_predictor_alone(predictor):
+    runs = {}
+    for key, opts in {"zero": {"corrector_steps": 0}, "none": {"corrector": "none"}}.items():
+        runs[key] = solvers.sample(
+            VP,
+            GAUSS.score_fn(VP),
+            x_T=_x_T(VP),
+            solver="predictor_corrector",
+            steps=5,
+            predictor=predictor,
+            generator=torch.Generator().manual_seed(0),
+            **opts,
+        )
+    assert torch.equal(runs["zero"][0], runs["none"][0]) and runs["zero"][1].nfe == 6
+    assert solvers.get("predictor_corrector").is_affine(corrector_steps=0)
+    assert not solvers.get("predictor_corrector").is_affine()
+
+
+def test_fresh_increments_need_an_interval_and_give_no_levy_area():
+    from solvers.torchsde_solvers import _FreshIncrements
+
+    bm = _FreshIncrements(_context(VP), torch.zeros(3, 2, dtype=F64), "none")
+    msg = r"^fresh increments need an interval \(ta, tb\) and provide no Levy area A$"
+    with pytest.raises(ValueError, match=msg):
+        bm(0.1)
+    with pytest.raises(ValueError, match=msg):
+        bm(0.1, 0.2, return_A=True)
+    assert bm(0.1, 0.2).shape == (3, 2)
+
+
+def test_only_reversible_heun_warns_about_coarse_steps():
+    kw = {"x_T": _x_T(VP), "steps": 5, "generator": torch.Generator().manual_seed(0)}
+    with pytest.warns(
+        RuntimeWarning, match=r"^torchsde_reversible_heun with steps=5: its parasitic mode"
+    ):
+        solvers.sample(VP, GAUSS.score_fn(VP), solver="torchsde_reversible_heun", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("torchsde_euler", "torchsde_milstein", "torchsde_srk"):
+            solvers.sample(VP, GAUSS.score_fn(VP), solver=name, **kw)
