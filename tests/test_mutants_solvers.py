@@ -701,3 +701,39 @@ def test_only_reversible_heun_warns_about_coarse_steps():
         warnings.simplefilter("error")
         for name in ("torchsde_euler", "torchsde_milstein", "torchsde_srk"):
             solvers.sample(VP, GAUSS.score_fn(VP), solver=name, **kw)
+
+
+@pytest.mark.filterwarnings("ignore:Numerical solution is not guaranteed")
+def test_adaptive_torchsde_is_seeded_reports_its_end_and_milstein_is_euler():
+    TOL = {"rtol": 1e-2, "atol": 1e-2}
+    runs = {}
+    for name, seed in (("torchsde_euler", 1), ("torchsde_euler", 2), ("torchsde_milstein", 1)):
+        seen: list = []
+        out, st = solvers.sample(
+            VP,
+            GAUSS.score_fn(VP),
+            x_T=_x_T(VP),
+            solver=name,
+            adaptive=True,
+            denoise=False,
+            generator=torch.Generator().manual_seed(seed),
+            callback=lambda i, t, x, seen=seen: seen.append((t, x)),
+            **TOL,
+        )
+        assert len(seen) == 1 and seen[0][0] == VP.default_t_end and torch.equal(seen[0][1], out)
+        runs[name, seed] = out, st.steps
+    again = solvers.sample(
+        VP,
+        GAUSS.score_fn(VP),
+        x_T=_x_T(VP),
+        solver="torchsde_euler",
+        adaptive=True,
+        denoise=False,
+        generator=torch.Generator().manual_seed(1),
+        **TOL,
+    )[0]
+    assert torch.equal(again, runs["torchsde_euler", 1][0])
+    assert not torch.allclose(runs["torchsde_euler", 2][0], runs["torchsde_euler", 1][0])
+    # additive noise: Milstein's correction is exactly 0, so on the same Brownian path it is Euler
+    assert torch.equal(runs["torchsde_milstein", 1][0], runs["torchsde_euler", 1][0])
+    assert runs["torchsde_milstein", 1][1] == runs["torchsde_euler", 1][1]
