@@ -737,3 +737,99 @@ def test_adaptive_torchsde_is_seeded_reports_its_end_and_milstein_is_euler():
     # additive noise: Milstein's correction is exactly 0, so on the same Brownian path it is Euler
     assert torch.equal(runs["torchsde_milstein", 1][0], runs["torchsde_euler", 1][0])
     assert runs["torchsde_milstein", 1][1] == runs["torchsde_euler", 1][1]
+
+
+# -- sample(): argument errors by their full message, warnings, progress, overflow ------------
+
+
+def test_unknown_options_list_the_valid_ones_or_none():
+    from solvers.resolve import check_options
+
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown option\(s\) \['snr'\] for solver 'ode_euler'; valid options: none$",
+    ):
+        solvers.sample(VP, GAUSS.score_fn(VP), x_T=_x_T(VP), solver="ode_euler", snr=0.1)
+    msg = r"^unknown option\(s\) \['k'\] for solver 'ddim'; valid options: eta=0.0 \(and grid, seed\)$"
+    with pytest.raises(ValueError, match=msg):
+        check_options(solvers.get("ddim"), {"k": 1}, extra=("grid", "seed"))
+    check_options(solvers.get("ddim"), {"grid": 1, "eta": 0.5}, extra=("grid",))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"shape": (3, 2)}, r"shape=\(3, 2\) does not match x_T.shape=\(6, 2\)"),
+        ({"x_T": torch.tensor(1.0, dtype=F64)}, "x_T must have a batch dimension"),
+        (
+            {"x_T": torch.zeros(0, 2, dtype=F64)},
+            r"the batch is empty \(state shape \(0, 2\)\); expected >= 1 sample",
+        ),
+        (
+            {"x_T": torch.zeros(2, 2, dtype=torch.int64)},
+            "x_T has dtype torch.int64; expected a floating-point tensor",
+        ),
+        ({"x_T": None}, "give either shape or x_T"),
+    ],
+)
+def test_sample_names_a_bad_start_state(kwargs, message):
+    args = {"x_T": _x_T(VP), **kwargs}
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        solvers.sample(VP, GAUSS.score_fn(VP), solver="ddim", steps=2, **args)
+
+
+def test_a_hook_needs_a_fixed_step_solver_by_message():
+    msg = r"^solver 'ode_adaptive' is adaptive \(it chooses its own steps\); a before_step hook needs a fixed-step solver$"
+    with pytest.raises(ValueError, match=msg):
+        solvers.sample(
+            VP, GAUSS.score_fn(VP), x_T=_x_T(VP), solver="ode_adaptive", before_step=lambda x, t: x
+        )
+
+
+@pytest.mark.filterwarnings("ignore:Numerical solution is not guaranteed")
+def test_the_steps_warning_of_tolerance_driven_runs_points_at_the_caller():
+    msg = (
+        r"^solver 'torchsde_euler' chooses its own steps from rtol/atol; steps=5 only sets its "
+        r"first trial step \(stats.steps reports the steps taken\)$"
+    )
+    kw = {"x_T": _x_T(VP), "solver": "torchsde_euler", "steps": 5, "rtol": 0.05, "atol": 0.05}
+    with pytest.warns(UserWarning, match=msg) as record:
+        solvers.sample(VP, GAUSS.score_fn(VP), adaptive=True, **kw)
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():  # fixed steps: steps is the step count, no warning
+        warnings.simplefilter("error")
+        solvers.sample(VP, GAUSS.score_fn(VP), adaptive=False, **kw)
+
+
+def test_progress_bar_counts_the_steps(capsys, monkeypatch):
+    import functools
+
+    from solvers import sampling
+
+    # redraw on every update (a short run would otherwise show only its first frame)
+    monkeypatch.setattr(
+        sampling, "tqdm", functools.partial(sampling.tqdm, mininterval=0, miniters=1)
+    )
+    solvers.sample(VP, GAUSS.score_fn(VP), x_T=_x_T(VP), solver="ddim", steps=7, progress=True)
+    err = capsys.readouterr().err
+    assert "7/7" in err and "/8" not in err and "/9" not in err and "14/" not in err
+    solvers.sample(VP, GAUSS.score_fn(VP), x_T=_x_T(VP), solver="ddim", steps=7)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_nan_at_the_first_adaptive_evaluation_is_step_0():
+    def score(x, t):
+        return torch.full_like(x, math.nan)
+
+    with pytest.raises(solvers.NonFiniteScoreError, match=r"at step 0 \(t=1\);"):
+        solvers.sample(VP, score, x_T=_x_T(VP), solver="ode_adaptive")
+
+
+def test_a_finite_score_whose_sum_overflows_is_not_called_non_finite():
+    x = torch.ones(4, 2, dtype=torch.float32)
+
+    def score(x, t):  # every entry finite, their float32 sum is inf
+        return torch.full_like(x, 3e38)
+
+    out, st = solvers.sample(VP, score, x_T=x, solver="ode_euler", grid=[1.0, 0.5], denoise=False)
+    assert st.nfe == 1 and out.dtype == torch.float32
