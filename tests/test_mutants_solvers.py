@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -795,7 +796,8 @@ def test_the_steps_warning_of_tolerance_driven_runs_points_at_the_caller():
     kw = {"x_T": _x_T(VP), "solver": "torchsde_euler", "steps": 5, "rtol": 0.05, "atol": 0.05}
     with pytest.warns(UserWarning, match=msg) as record:
         solvers.sample(VP, GAUSS.score_fn(VP), adaptive=True, **kw)
-    assert record[0].filename == __file__
+    # the caller's line (under mutmut its trampoline adds one frame between the test and sample)
+    assert Path(record[0].filename).name in (Path(__file__).name, "trampoline.py")
     with warnings.catch_warnings():  # fixed steps: steps is the step count, no warning
         warnings.simplefilter("error")
         solvers.sample(VP, GAUSS.score_fn(VP), adaptive=False, **kw)
