@@ -835,3 +835,17 @@ def test_a_finite_score_whose_sum_overflows_is_not_called_non_finite():
 
     out, st = solvers.sample(VP, score, x_T=x, solver="ode_euler", grid=[1.0, 0.5], denoise=False)
     assert st.nfe == 1 and out.dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore:Numerical solution is not guaranteed")
+def test_adaptive_torchsde_runs_without_a_generator():
+    out, st = solvers.sample(
+        VP,
+        GAUSS.score_fn(VP),
+        x_T=_x_T(VP),
+        solver="torchsde_euler",
+        adaptive=True,
+        rtol=0.05,
+        atol=0.05,
+    )
+    assert out.shape == (6, 2) and bool(torch.isfinite(out).all()) and st.steps > 1
