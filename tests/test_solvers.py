@@ -81,8 +81,8 @@ def test_every_solver_has_a_stated_step_count():
 # t_end (exact_solution_moments, Tweedie step included): (b) is the discretisation error alone,
 # while (a) includes the truncation + prior-mismatch floor (6e-3 VP, 1.8e-2 VE for the ODE),
 # which hides a solver's own error when it is small (ode_rk4: (a) 5.9e-3, (b) 8.5e-6 on VP).
-# Exact moments are deterministic, so each bound is twice its measured value: room for
-# round-off, while an error that doubles fails. The former shared bound 0.05 was 1.5x
+# Exact moments are deterministic, so each error must stay within a factor 2 of its measured
+# value either way: room for round-off, while an error that doubles (or halves) fails. The former shared bound 0.05 was 1.5x
 # ancestral's error and 40x reversible Heun's. Monte-Carlo rows (20,000 samples, seed 1; the
 # W2 of a Gaussian fit has a noise floor ~0.015) give (a) only.
 GAUSS_W2: dict[str, tuple[tuple[float, float, float], tuple[float, float, float] | None]] = {
@@ -120,9 +120,9 @@ def test_every_solver_has_a_measured_gaussian_error():
     assert set(solvers.available()) - adaptive_ode <= set(GAUSS_W2), "measure the new solver"
 
 
-def _bound(name: str, sde_name: str, exact: bool) -> float:
+def _measured(name: str, sde_name: str, exact: bool) -> float:
     data, law = GAUSS_W2[name]
-    return 2.0 * (law if exact else data)[list(SDES).index(sde_name)]
+    return (law if exact else data)[list(SDES).index(sde_name)]
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
@@ -134,15 +134,15 @@ def test_gaussian_target(name, sde_name):
     spec = solvers.get(name)
     if spec.is_affine():
         mean, cov = exact_output_moments(sde, score, 3, name, steps)
-        err = gaussian_w2(mean, cov, GAUSS.mean, GAUSS.cov)
         law = exact_solution_moments(sde, GAUSS.mean, GAUSS.cov, spec.kind, denoise=True)
-        own = gaussian_w2(mean, cov, *law)
-        assert err < _bound(name, sde_name, False), (
-            f"{name} on {sde_name}, {steps} steps: W2 {err:.3g}"
-        )
-        assert own < _bound(name, sde_name, True), (
-            f"{name} on {sde_name}, {steps} steps: W2 to its exact process law {own:.3g}"
-        )
+        for exact, ref in ((False, (GAUSS.mean, GAUSS.cov)), (True, law)):
+            err, measured = gaussian_w2(mean, cov, *ref), _measured(name, sde_name, exact)
+            # an error far below the measured one means the algorithm changed too (ancestral
+            # with DDPM's beta_t in place of the posterior variance: 0.0058 vs 0.0328 on VP)
+            assert 0.5 * measured < err < 2 * measured, (
+                f"{name} on {sde_name}, {steps} steps: W2 {err:.3g} to the "
+                f"{'exact process law' if exact else 'data'}, measured {measured:.3g}"
+            )
     elif spec.kind == "ode":
         # deterministic: per sample against the exact probability-flow map (no noise floor)
         x_T = sde.prior_sample((256, 3), generator=torch.Generator().manual_seed(0))
@@ -166,7 +166,7 @@ def test_gaussian_target(name, sde_name):
             generator=torch.Generator().manual_seed(1),
         )
         err = gaussian_w2(out.mean(0), torch.cov(out.T), GAUSS.mean, GAUSS.cov)
-        assert err < _bound(name, sde_name, False), (
+        assert err < 2 * _measured(name, sde_name, False), (
             f"{name} on {sde_name}: Monte-Carlo W2 {err:.3g}"
         )
 
