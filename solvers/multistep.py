@@ -273,6 +273,8 @@ def _adams_bashforth_weights(nodes: Sequence[float]) -> list[float]:
     default_grid="karras",
     options={"order": 4},
     reference="Zhang & Chen 2023 (DEIS, arXiv:2204.13902), improved PNDM; variable-step form",
+    # order=1, 2, 3 measure 1.00, 1.97-2.01, 2.87-3.02 on every grid at 16-64 steps
+    order_option="order",
     # measured on the VP Gaussian at t_end = 1e-3 (tests/test_solver_orders.py): 4.02 / 3.93
     # (karras / log_snr) at 16-64 steps, 4.00 / 3.98 at 64-256. On uniform and quadratic grids the
     # warm start (orders 1, 2, 3 on the first steps, as the reference) leaves a global term of

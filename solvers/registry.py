@@ -54,7 +54,8 @@ class SolverSpec:
             (empty: they measure it; every registered solver is measured unless it says why).
         order_exceptions: ``{grid: (order, reason)}`` for a grid of ``schedules.GRIDS`` on which
             the method itself (not a bug) has a different order: the order tests measure it on
-            that grid against the stated order, so losing it there is still caught.
+            that grid against the stated order, so losing it there is still caught. It applies
+            to the declared ``order`` (with ``order_option``, to ``k = order`` only).
         order_steps: the three doubling step counts at which the order tests measure, for a
             solver whose error reaches its asymptotic slope only there (``None``: the tests'
             own counts).
