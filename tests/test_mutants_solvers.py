@@ -849,3 +849,49 @@ def test_adaptive_torchsde_runs_without_a_generator():
         atol=0.05,
     )
     assert out.shape == (6, 2) and bool(torch.isfinite(out).all()) and st.steps > 1
+
+
+# -- restart ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"restart_steps": 2.5}, "restart_steps=2.5 must be a non-negative integer"),
+        ({"restarts": -1}, "restarts=-1 must be a non-negative integer"),
+        ({"restarts": 1, "restart_steps": 0}, "restart_steps=0 must be >= 1 when restarts > 0"),
+        ({"s_min": 0.3, "s_max": 0.3}, "s_max=0.3 must exceed s_min=0.3"),
+    ],
+)
+def test_restart_options_are_checked_by_value(options, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        solvers.sample(VP, GAUSS.score_fn(VP), x_T=_x_T(VP), solver="restart", **options)
+
+
+def test_restart_reports_its_main_path_and_restarts_uniformly_in_log_snr():
+    rec, seen = [], []
+    out, st = solvers.sample(
+        VP,
+        _recording_score(VP, rec),
+        x_T=_x_T(VP),
+        solver="restart",
+        steps=24,
+        denoise=False,
+        restarts=1,
+        restart_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda i, t, x: seen.append((t, x.clone())),
+    )
+    times = [t for t, _ in seen]
+    assert all(isinstance(x, torch.Tensor) and x.shape == (6, 2) for _, x in seen)
+    assert times == sorted(times, reverse=True) and times[-1] == VP.default_t_end
+    assert torch.equal(seen[-1][1], out) and len(seen) == 24 - 4
+    # the restart: a jump up to t_b (sigma~ = s_max = 0.3), then 4 Heun steps uniform in log-SNR
+    first = rec[0::2]  # the first evaluation of each Heun step
+    b = next(k for k in range(1, len(first)) if first[k] > first[k - 1])
+    lam = [float(VP.log_snr(t)) for t in first[b : b + 4]]
+    assert math.isclose(lam[0], -math.log(0.3), rel_tol=1e-9)
+    steps = [q - p for p, q in zip(lam, lam[1:], strict=False)]
+    assert max(steps) - min(steps) < 1e-9 * abs(steps[0])
+    lam_a = float(VP.log_snr(first[b + 4]))  # where the restart ends: the main path resumes
+    assert math.isclose(lam[0] + 4 * steps[0], lam_a, rel_tol=1e-9)
