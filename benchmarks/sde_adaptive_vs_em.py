@@ -36,7 +36,11 @@ import solvers  # noqa: E402
 from scoresde import VPSDE  # noqa: E402
 from scoresde.harness import per_mode_w2, stratified_sample  # noqa: E402
 
-VARIANTS = {"batch": {"control": "batch"}, "sample": {"control": "sample"}}
+VARIANTS = {
+    "exp/batch": {"method": "exp", "control": "batch"},
+    "em/batch": {"method": "em", "control": "batch"},
+    "em/sample": {"method": "em", "control": "sample"},
+}
 
 
 def nfe_at(points: list[tuple[int, float]], level: float) -> tuple[float | None, str]:
@@ -135,11 +139,16 @@ def diagnose(name: str, n: int, seed: int) -> None:
     target, sde = target_by_name(name), VPSDE()
     score, d = target.score_fn(sde), target.means.shape[1]
     print(f"\n## Where the NFE goes: {name}, {n} samples, default tolerances")
-    print("| control | exponent | NFE | batch attempts | attempts per sample (mean) | "
+    print("| variant | exponent | NFE | batch attempts | attempts per sample (mean) | "
           "rejected share | accepted steps at log-SNR < -2 / -2..0 / 0..2 / > 2 |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     edges = (-2.0, 0.0, 2.0)
-    for v, exponent in (("sample", 0.9), ("sample", 2 / 3), ("batch", 2 / 3)):
+    for v, exponent in (
+        ("em/sample", 0.9),
+        ("em/sample", 2 / 3),
+        ("em/batch", 2 / 3),
+        ("exp/batch", 2 / 3),
+    ):
         times: list[float] = []
         _, st = solvers.sample(
             sde, score, shape=(n, d), solver="sde_adaptive", dtype=torch.float64,
@@ -148,12 +157,14 @@ def diagnose(name: str, n: int, seed: int) -> None:
         )  # fmt: skip
         attempts = st.accepted + st.rejected
         bins = [0, 0, 0, 0]
-        if v == "batch":  # the callback sees each accepted batch step once
+        if VARIANTS[v]["control"] == "batch":  # the callback sees each accepted batch step once
             lam = sde.log_snr(torch.tensor(times, dtype=torch.float64)).tolist()
             for lv in lam:
                 bins[sum(lv > e for e in edges)] += 1
         shown = " / ".join(map(str, bins)) if any(bins) else "(per sample)"
-        iters = len(times) if v == "sample" else round(attempts)  # sample: one call per attempt
+        iters = (
+            len(times) if VARIANTS[v]["control"] == "sample" else round(attempts)
+        )  # sample: one call per attempt
         print(f"| {v} | {exponent:.3g} | {st.nfe} | {iters} | {attempts:.1f} | "
               f"{st.rejected / attempts:.2f} | {shown} |")  # fmt: skip
     print("\nFixed steps on the uniform grid (final denoising step included):")

@@ -8,6 +8,9 @@ sample (the paper's choice).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -16,6 +19,59 @@ from .resolve import check_positive_option
 from .sampling import SolverContext
 
 MAX_ITERATIONS = 100_000
+
+
+def _j1(a: Tensor) -> Tensor:
+    """``int_0^1 e^{-a (1 - v)} v dv = (a - 1 + e^{-a}) / a^2``, by its series for small ``a``."""
+    ac = a.clamp_min(1e-3)
+    return torch.where(a < 1e-3, 0.5 - a / 6 + a * a / 24, (ac + torch.expm1(-ac)) / (ac * ac))
+
+
+def _c1(h: Tensor) -> Tensor:
+    """``int_0^h e^{-u} (u / h) du = (1 - e^{-h} (1 + h)) / h``, by its series for small ``h``."""
+    hc = h.clamp_min(1e-4)
+    return torch.where(h < 1e-4, h / 2 - h * h / 3, (-torch.expm1(-hc) - hc * torch.exp(-hc)) / hc)
+
+
+def _exp_pair(
+    ctx: SolverContext,
+    x: Tensor,
+    score_t: Tensor,
+    t: Tensor,
+    s: Tensor,
+    lam_t: Tensor,
+    h: Tensor,
+    low: Tensor,
+    active: Tensor,
+    path: BrownianStack,
+    dev: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """One attempt of the exponential pair (see :func:`sde_adaptive`): ``(x', x'')``, the
+    data-prediction form in rows ``low``, the noise-prediction form in the others."""
+    f64 = torch.float64
+    a_t, sig_t = (v.to(f64) for v in ctx.sde.marginal(t))
+    a_s, sig_s = (v.to(f64) for v in ctx.sde.marginal(s))
+    lowd = dev(low) > 0
+    # Brownian clocks: e^{2 lambda} (data form, noise alpha_s e^{-2 lambda_s} dM) and
+    # -e^{-2 lambda} (noise form, noise alpha_s dM)
+    length = torch.where(
+        low, torch.exp(2 * lam_t) * torch.expm1(2 * h), torch.exp(-2 * lam_t) * -torch.expm1(-2 * h)
+    )
+    dm = path.increment(torch.where(active, length, 0.0), active, ctx.noise_like(x))
+    noise = dev(torch.where(low, a_s * torch.exp(-2 * (lam_t + h)), a_s)) * dm
+    # data form: x' = (sig_s / sig_t) e^{-h} x + alpha_s (1 - e^{-2h}) D_t + noise
+    d_t = (x + dev(sig_t**2) * score_t) / dev(a_t)
+    x1_d = dev(sig_s / sig_t * torch.exp(-h)) * x + dev(-a_s * torch.expm1(-2 * h)) * d_t
+    # noise form: x' = (alpha_s / alpha_t) x - 2 alpha_s (sig_t / alpha_t) (1 - e^{-h}) eps_t + noise
+    eps_t = -dev(sig_t) * score_t
+    k = 2 * a_s * sig_t / a_t
+    x1_e = dev(a_s / a_t) * x - dev(-k * torch.expm1(-h)) * eps_t
+    x1 = torch.where(lowd, x1_d, x1_e) + noise
+    score_s = ctx.score(x1, s.to(x.device))
+    d_s = (x1 + dev(sig_s**2) * score_s) / dev(a_s)
+    x2_d = x1 + dev(a_s * 2 * h * _j1(2 * h)) * (d_s - d_t)
+    x2_e = x1 - dev(k * _c1(h)) * (-dev(sig_s) * score_s - eps_t)
+    return x1, torch.where(lowd, x2_d, x2_e)
 
 
 class BrownianStack:
@@ -125,6 +181,7 @@ class BrownianStack:
 
 
 CONTROLS = ("batch", "sample")
+METHODS = ("exp", "em")
 # step-size factor bounds of the standard controller (Hairer, Norsett & Wanner, Solving ODEs I,
 # II.4): never grow by more than 5x or shrink by more than 5x in one attempt. The growth bound
 # matters when the estimate is tiny: an unbounded factor lets the next trial step jump across
@@ -138,7 +195,14 @@ FAC_MIN, FAC_MAX = 0.2, 5.0
     order=1.0,
     evals_per_step=None,
     adaptive=True,
-    options={"rtol": 0.05, "atol": 0.0078, "safety": 0.9, "exponent": 2 / 3, "control": "batch"},
+    options={
+        "rtol": 0.05,
+        "atol": 0.0078,
+        "safety": 0.9,
+        "exponent": 2 / 3,
+        "control": "batch",
+        "method": "exp",
+    },
     reference="Jolicoeur-Martineau et al. 2021 (Gotta go fast), Algorithm 1",
 )
 def sde_adaptive(
@@ -149,6 +213,7 @@ def sde_adaptive(
     safety: float = 0.9,
     exponent: float = 2 / 3,
     control: str = "batch",
+    method: str = "exp",
 ) -> Tensor:
     """Adaptive reverse SDE: Euler-Maruyama ``x'`` and improved Euler ``x''`` with the same ``W``.
 
@@ -183,15 +248,30 @@ def sde_adaptive(
         check_positive_option(name, v)
     if control not in CONTROLS:
         raise ValueError(f"control={control!r} must be one of {CONTROLS}")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} must be one of {METHODS}")
     batch = control == "batch"
+    in_log_snr = method == "exp"
     sde = ctx.sde
     times = ctx.times
     t_end = times[-1]
     b = x.shape[0]
     view = (b,) + (1,) * (x.dim() - 1)
     f64 = torch.float64
+
+    def lam(tt: Tensor | float) -> Tensor:
+        return sde.log_snr(torch.as_tensor(tt, dtype=f64)).to(f64)
+
+    # the position p the step h advances: log-SNR (exp) or -t (em), from p0 to p_end; exp
+    # steps stop at the switch p = 0 (SNR 1) between its two forms and never cross it
+    p0, p_end = (float(lam(times[0])), float(lam(t_end))) if in_log_snr else (-times[0], -t_end)
+    switch = 0.0 if in_log_snr and p0 < 0.0 < p_end else math.inf
+    # first trial step: exp, the whole first segment (a rejection costs one evaluation);
+    # em, the grid's first interval (``steps`` is a hint)
+    first = min(switch, p_end) - p0 if in_log_snr else times[0] - times[1]
+    p = torch.full((b,), p0, dtype=f64)
     t = torch.full((b,), times[0], dtype=f64)
-    h = torch.full((b,), times[0] - times[1], dtype=f64)
+    h = torch.full((b,), first, dtype=f64)
     accepted = torch.zeros(b, dtype=f64)
     rejected = torch.zeros(b, dtype=f64)
     x_prev = x.abs()
@@ -204,24 +284,36 @@ def sde_adaptive(
         return v.to(x.dtype).to(x.device).view(view)
 
     for _ in range(MAX_ITERATIONS):
-        active = t > t_end
+        active = p < p_end
         if not bool(active.any()):
             break
-        remaining = t - t_end
-        h = torch.where(active, torch.minimum(h, remaining), torch.zeros_like(h))
-        s = torch.where(h >= remaining, torch.full_like(t, t_end), t - h)
+        low = p < switch  # exp: data-prediction form below SNR 1
+        h = torch.where(low, torch.minimum(h, switch - p), h)
+        h = torch.where(active, torch.minimum(h, p_end - p), torch.zeros_like(h))
+        p_s = torch.where(h >= p_end - p, torch.full_like(p, p_end), p + h)
+        p_s = torch.where(low & (h >= switch - p), torch.full_like(p, switch), p_s)
+        end = p_s >= p_end
+        if in_log_snr:
+            s = torch.where(end, torch.full_like(t, t_end), sde.t_from_log_snr(p_s).to(f64))
+        else:
+            s = torch.where(end, torch.full_like(t, t_end), -p_s)
+        s = torch.where(active, s, t)
         if bool((stale & active).any()):
             fresh = ctx.score(x, t.to(x.device))
             score_t = fresh if score_t is None else torch.where(dev(stale) > 0, fresh, score_t)
             stale = torch.zeros_like(stale)
         assert score_t is not None
-        dw = path.increment(h, active, ctx.noise_like(x))
-        hx = dev(h)
-        g2_t, g2_s = (sde.diffusion(v).to(f64) ** 2 for v in (t, s))
-        x1 = x - hx * (dev(sde.drift_coef(t).to(f64)) * x - dev(g2_t) * score_t)
-        x1 = x1 + dev(g2_t.sqrt()) * dw
-        drift_s = dev(sde.drift_coef(s).to(f64)) * x1 - dev(g2_s) * ctx.score(x1, s.to(x.device))
-        x2 = 0.5 * (x1 + x - hx * drift_s + dev(g2_s.sqrt()) * dw)
+        if in_log_snr:
+            x1, x2 = _exp_pair(ctx, x, score_t, t, s, p, h, low, active, path, dev)
+        else:
+            dw = path.increment(h, active, ctx.noise_like(x))
+            hx = dev(h)
+            g2_t, g2_s = (sde.diffusion(v).to(f64) ** 2 for v in (t, s))
+            x1 = x - hx * (dev(sde.drift_coef(t).to(f64)) * x - dev(g2_t) * score_t)
+            x1 = x1 + dev(g2_t.sqrt()) * dw
+            score_s = ctx.score(x1, s.to(x.device))
+            drift_s = dev(sde.drift_coef(s).to(f64)) * x1 - dev(g2_s) * score_s
+            x2 = 0.5 * (x1 + x - hx * drift_s + dev(g2_s.sqrt()) * dw)
         delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev), min=atol)
         err2 = ((x1 - x2) / delta).reshape(b, -1).pow(2).sum(1).div(n).to("cpu", f64)
         if batch:
@@ -233,6 +325,7 @@ def sde_adaptive(
         x = torch.where(okd > 0, x2, x)
         x_prev = torch.where(okd > 0, x1.abs(), x_prev)
         t = torch.where(ok, s, t)
+        p = torch.where(ok, p_s, p)
         stale = stale | ok
         accepted += ok
         rejected += active & ~ok
