@@ -259,6 +259,53 @@ def test_sde_adaptive_follows_the_exact_marginals_and_its_tolerance(method):
     assert results[2][2] > 2 * results[8][2], results
 
 
+@pytest.mark.parametrize("sde_name", ["VP", "VE"])
+@pytest.mark.parametrize("lam_t", [-2.0, 1.0], ids=["data_form", "noise_form"])
+def test_sde_adaptive_exponential_pair_local_weak_order(sde_name, lam_t):
+    """One attempt of the exponential pair from the exact marginal p_t (Gaussian data, so the
+    step is affine in x_t and its noise and its output law is exact: the responses to the
+    basis vectors): the law of x' must be O(h^2) from the exact p_s and the accepted x'' O(h^3)
+    (local weak errors of weak orders 1 and 2). Measured slopes over h = 0.1, 0.05, 0.025 in
+    log-SNR: x' 1.93-2.00, x'' 2.92-3.00, for both forms and both SDEs; a wrong weight, Brownian
+    clock or noise coefficient lowers them."""
+    from solvers.sde_adaptive import BrownianStack, _exp_pair
+
+    sde, f64 = SDES[sde_name], torch.float64
+    m, c_data, eye = GAUSS.mean.double(), GAUSS.cov.double(), torch.eye(3, dtype=f64)
+    errs = []
+    for h in (0.1, 0.05, 0.025):
+        t, s = (float(sde.t_from_log_snr(torch.tensor(v, dtype=f64))) for v in (lam_t, lam_t + h))
+        outs = []  # (zero state and basis states, no noise), (zero states, unit noises)
+        for xs, z in (
+            (torch.cat([torch.zeros(1, 3, dtype=f64), eye]), torch.zeros(4, 3, dtype=f64)),
+            (torch.zeros(3, 3, dtype=f64), eye),
+        ):
+            b = xs.shape[0]
+            ctx = SolverContext(sde, GAUSS.score_fn(sde), torch.tensor([t, s], dtype=f64),
+                                None, None, False, noise_fn=lambda x, z=z: z)  # fmt: skip
+
+            def vec(v, b=b):
+                return torch.full((b,), v, dtype=f64)
+
+            outs.append(_exp_pair(
+                ctx, xs, ctx.score(xs, vec(t)), vec(t), vec(s), vec(lam_t), vec(h),
+                torch.full((b,), lam_t < 0), torch.ones(b, dtype=torch.bool), BrownianStack(xs),
+                lambda v, b=b: v.to(f64).view(b, 1),
+            ))  # fmt: skip
+        (a_t, sig_t), (a_s, sig_s) = ((float(v) for v in sde.marginal(u)) for u in (t, s))
+        row = []
+        for k in (0, 1):  # x', x''
+            shift = outs[0][k][0]
+            lin, noise = (outs[0][k][1:] - shift).T, (outs[1][k] - shift).T
+            mean = lin @ (a_t * m) + shift
+            cov = lin @ (a_t**2 * c_data + sig_t**2 * eye) @ lin.T + noise @ noise.T
+            row.append(_error(mean, cov, a_s * m, a_s**2 * c_data + sig_s**2 * eye))
+        errs.append(row)
+    for k, (low, high) in enumerate([(1.8, 2.2), (2.8, 3.2)]):
+        slope = math.log2(errs[1][k] / errs[2][k])
+        assert low < slope < high, (k, [e[k] for e in errs])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["VP", "VE"])
 def test_sde_adaptive_reaches_the_data_law(sde_name):
