@@ -1,9 +1,10 @@
 """Adaptive reverse-SDE integration with error control (Jolicoeur-Martineau et al. 2021).
 
 "Gotta go fast when generating data with score-based models" (arXiv:2105.14080), Algorithm 1:
-an Euler-Maruyama / improved-Euler pair sharing one Gaussian increment, a mixed
-absolute/relative tolerance, accept/reject; one step size for the batch (default) or one per
-sample (the paper's choice).
+an embedded pair sharing one Brownian path, a mixed absolute/relative tolerance, accept/reject.
+By default the pair is an exponential Euler / Heun pair in log-SNR (the paper's Euler-Maruyama /
+improved-Euler pair is ``method="em"``) with one step size for the batch (the paper's per-sample
+steps are ``control="sample"``).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ FAC_MIN, FAC_MAX = 0.2, 5.0
 @register(
     "sde_adaptive",
     kind="sde",
-    order=1.0,
+    order=2.0,
     evals_per_step=None,
     adaptive=True,
     options={
@@ -203,7 +204,7 @@ FAC_MIN, FAC_MAX = 0.2, 5.0
         "control": "batch",
         "method": "exp",
     },
-    reference="Jolicoeur-Martineau et al. 2021 (Gotta go fast), Algorithm 1",
+    reference="Jolicoeur-Martineau et al. 2021 (Gotta go fast), Alg. 1; exp pair: Lu et al. 2022",
 )
 def sde_adaptive(
     ctx: SolverContext,
@@ -215,34 +216,57 @@ def sde_adaptive(
     control: str = "batch",
     method: str = "exp",
 ) -> Tensor:
-    """Adaptive reverse SDE: Euler-Maruyama ``x'`` and improved Euler ``x''`` with the same ``W``.
+    """Adaptive reverse SDE: a weak-order-1 / weak-order-2 pair sharing one Brownian path.
 
-    From ``t`` to ``s = t - h`` with ``b(x, t) = f(t) x - g(t)^2 score(x, t)`` and ``W`` the
-    Brownian increment over the step:
+    ``method="exp"`` (default), exponential Euler ``x'`` / exponential Heun ``x''`` in log-SNR
+    ``lambda = log(alpha / sigma)``, step ``h = lambda_s - lambda_t > 0``, the linear part exact
+    and the noise of exact variance (``solvers/exponential_sde.py``, ``eta = 1``). Below SNR 1
+    (``lambda < 0``), in the data prediction ``D = (x + sigma^2 score) / alpha``:
+
+        x'  = (sigma_s / sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) D(x, t) + N,
+        x'' = x' + alpha_s 2h J(2h) (D(x', s) - D(x, t)),   J(a) = (a - 1 + e^{-a}) / a^2,
+        N   = alpha_s e^{-2 lambda_s} (M(e^{2 lambda_s}) - M(e^{2 lambda_t}));
+
+    above it, in the noise prediction ``eps = -sigma score``:
+
+        x'  = (alpha_s / alpha_t) x - 2 alpha_s (sigma_t / alpha_t) (1 - e^{-h}) eps(x, t) + N,
+        x'' = x' - 2 alpha_s (sigma_t / alpha_t) c(h) (eps(x', s) - eps(x, t)),
+        c(h) = (1 - e^{-h} (1 + h)) / h,   N = alpha_s (M(-e^{-2 lambda_s}) - M(-e^{-2 lambda_t})),
+
+    with ``M`` a standard Brownian motion in the clock shown (``N`` is the exact noise of the
+    step, variance ``sigma_s^2 (1 - e^{-2h})``), ``x''`` integrating the linear interpolant of
+    ``D`` (resp. ``eps``) in ``lambda`` exactly. Each form is exact where its prediction is
+    constant: ``D`` at low SNR (where it is the data mean), ``eps`` at high SNR (where ``D ~
+    x / alpha``, whose noise the data form would push through the estimate); steps stop at
+    SNR 1 and never cross it. ``method="em"``, the paper's pair in ``t`` with ``b(x, t) = f(t) x
+    - g(t)^2 score(x, t)`` and ``W`` the Brownian increment over the step ``h = t - s``:
 
         x'  = x - h b(x, t) + g(t) W                       (Euler-Maruyama)
-        x'' = (x' + x - h b(x', s) + g(s) W) / 2           (improved Euler; the accepted value)
+        x'' = (x' + x - h b(x', s) + g(s) W) / 2           (improved Euler)
 
     Error ``E_i = ||(x'_i - x''_i) / delta_i||_2 / sqrt(n)`` per sample (``n`` elements),
     ``delta = max(atol, rtol max(|x'|, |x'_prev|))`` elementwise (``x'_prev`` the last accepted
     ``x'``). ``control="batch"`` (default): one step for the whole batch, ``E = sqrt(mean_i
-    E_i^2)`` (the root-mean-square local error relative to the tolerance, over every element of
-    the batch); ``control="sample"``: each sample its own step from its own ``E_i`` (the
-    paper's Algorithm 1). A step with ``E <= 1`` is accepted (``x <- x''``: local
-    extrapolation); in either case ``h <- min(t - t_end, h clamp(safety E^(-exponent), 0.2, 5))``.
-    ``exponent`` 2/3: ``x' - x''`` is the local error of a strong-order-1 step with additive
-    noise, ``O(h^1.5)`` (measured: slopes 1.4-1.6 on ring_2d and mixture_16d, BENCHMARKS.md).
+    E_i^2)``, the root-mean-square local error relative to the tolerance over every element;
+    ``control="sample"``: each sample its own step from its own ``E_i`` (the paper's Algorithm
+    1). A step with ``E <= 1`` is accepted (``x <- x''``, local extrapolation); in either case
+    ``h <- h clamp(safety E^(-exponent), 0.2, 5)``, cut to end at ``t_end`` (and, exp, at SNR
+    1). ``exponent`` 2/3: ``x' - x''`` is the local error of a strong-order-1 step with additive
+    noise, ``O(h^1.5)`` (measured slopes 1.35-1.77 for both pairs on three mixtures,
+    BENCHMARKS.md). The accepted ``x''`` has local weak error ``O(h^3)`` (weak order 2; tested
+    for the exp pair on Gaussian data).
 
-    A rejected increment is never redrawn: the retry takes ``W_h'`` from it by the Brownian
-    bridge and keeps the rest of the path for the steps after (:class:`BrownianStack`), so
-    rejection neither selects easy noise nor makes the accepted law depend on it. The score at
-    the current state is kept across a rejection, so an accepted attempt costs two evaluations
-    and a rejected one costs one. The first trial step is ``T - t_1`` of the grid (``steps`` is
-    a hint). The whole batch is evaluated at every attempt (that is what NFE counts), which is
-    why the batch control is the default: per sample, the slowest sample's attempts set the
-    NFE, and the estimate of a single low-dimensional sample is dominated by its own noise
-    (many random rejections). ``stats.accepted`` / ``stats.rejected`` are per-sample means;
-    ``stats.steps`` counts accepted batch steps (batch) or attempts (sample).
+    A rejected increment is never redrawn: the retry takes its part of the path by the Brownian
+    bridge and keeps the rest for the steps after (:class:`BrownianStack`), so rejection neither
+    selects easy noise nor makes the accepted law depend on it. The score at the current state
+    is kept across a rejection: an accepted attempt costs two evaluations, a rejected one one.
+    First trial step: exp, the whole way to SNR 1 (or ``t_end``) -- a rejection costs one
+    evaluation and the controller shrinks it; em, ``T - t_1`` of the grid (``steps`` is a hint;
+    exp ignores it). The whole batch is evaluated at every attempt (that is what NFE counts),
+    hence the batch control: per sample, the slowest sample's attempts set the NFE, and the
+    estimate of a single low-dimensional sample is dominated by its own noise (many random
+    rejections). ``stats.accepted`` / ``stats.rejected`` are per-sample means; ``stats.steps``
+    counts accepted batch steps (batch) or batch attempts (sample).
     """
     for name, v in (("rtol", rtol), ("atol", atol), ("safety", safety), ("exponent", exponent)):
         check_positive_option(name, v)
