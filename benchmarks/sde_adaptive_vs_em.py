@@ -199,8 +199,10 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=["ring_2d"])
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--em-steps", type=int, nargs="+", default=[25, 50, 100, 200, 400, 800])
-    ap.add_argument("--scales", type=float, nargs="+", default=[4, 2, 1, 0.5, 0.25])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--scales", type=float, nargs="+", default=[8, 5.66, 4, 2.83, 2, 1.41, 1, 0.5])
+    ap.add_argument(
+        "--variants", nargs="+", default=["exp/batch", "em/batch"], choices=list(VARIANTS)
+    )
     ap.add_argument("--goal", type=float, default=1.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reversible-heun", action="store_true")
