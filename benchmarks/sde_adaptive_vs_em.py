@@ -131,7 +131,9 @@ def study(name: str, n: int, em_steps: list[int], scales: list[float], variants:
         shown = "never" if nfe is None else f"{rel if rel != '=' else ''}{nfe:.0f}"
         ratio = "" if nfe is None or em_nfe is None else f"{nfe / em_nfe:.2f}"
         bound = "" if below is None or em_nfe is None else f"<= {below / em_nfe:.2f}"
-        print(f"| {key} | {shown} | {ratio} | {below or 'none'} | {bound} |")
+        if key == "euler_maruyama":
+            below, bound = "", ""
+        print(f"| {key} | {shown} | {ratio} | {'none' if below is None else below} | {bound} |")
     if em_rel != "=":
         print(f"(Euler-Maruyama's NFE is {em_rel} its bracket: widen --em-steps)")
     return out
