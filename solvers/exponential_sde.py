@@ -197,9 +197,12 @@ def dpm_solver_pp_2m_sde(
     default_grid="log_snr",
     options={"eta": 1.0},
     reference="Lu et al. 2022 (DPM-Solver++ multistep); k-diffusion sample_dpmpp_3m_sde",
-    order_untested=(
-        "erratic on the quadratic and karras grids up to 256 steps on the VP Gaussian at t_end=1e-3 (extrapolated 7.05, -0.90 at 16-64; -3.80, -0.07 at 32-128; 2.23, 2.35 at 64-256: the moment error changes sign), 1.95 on log_snr and 3.7 on uniform at 64-256 (issue #15)"
-    ),
+    # VP Gaussian, t_end = 1e-3, exact moments (tests/test_solver_orders.py): the mean error is
+    # round-off at every N; the covariance error's order-2 and order-3 terms have opposite signs
+    # on quadratic and karras grids, so it crosses zero near N = 32-64 (extrapolated 7.05 / -0.90
+    # at 16-64 steps). At 128-512: 2.17 / 2.04 / 1.99 (quadratic / karras / log_snr), 3.62 on the
+    # uniform grid (its order-3 term dominates up to ~1000 steps); 2.00-2.01 at 512-2048.
+    order_steps=(128, 256, 512),
 )
 def dpm_solver_pp_3m_sde(ctx: SolverContext, x: Tensor, eta: float = 1.0) -> Tensor:
     """SDE-DPM-Solver++(3M): as ``dpm_solver_pp_2m_sde`` with a quadratic data interpolant.
@@ -222,9 +225,10 @@ def dpm_solver_pp_3m_sde(ctx: SolverContext, x: Tensor, eta: float = 1.0) -> Ten
     default_grid="log_snr",
     options={"tau": 1.0, "predictor_order": 3, "corrector_order": 3},
     reference="Xue et al. 2023, SA-Solver (arXiv:2309.05019), Algorithm 1",
-    order_untested=(
-        "erratic on the karras grid up to 128 steps on the VP Gaussian at t_end=1e-3 (extrapolated -10.4 at 16-64, 4.51 at 32-128), 2.00 (log_snr), 2.30 (quadratic), 2.28 (karras) and 3.59 (uniform) at 64-256 (issue #15)"
-    ),
+    # as dpm_solver_pp_3m_sde (the covariance error crosses zero near N = 32 on quadratic and
+    # karras grids: -0.47 / -10.4 at 16-64 steps); at 128-512: 2.05 / 2.06 / 2.01 (quadratic /
+    # karras / log_snr), 3.45 on the uniform grid; 2.00 at 512-2048 (issue #15).
+    order_steps=(128, 256, 512),
 )
 def sa_solver(
     ctx: SolverContext,

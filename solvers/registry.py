@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from schedules import GRIDS
+
 SolverFn = Callable[..., Any]
 KINDS = ("sde", "ode")
 
@@ -50,6 +52,13 @@ class SolverSpec:
             ``k = 1 .. order``. The registry-driven order tests measure each ``k``.
         order_untested: why the registry-driven order tests cannot measure this solver's order
             (empty: they measure it; every registered solver is measured unless it says why).
+        order_exceptions: ``{grid: (order, reason)}`` for a grid of ``schedules.GRIDS`` on which
+            the method itself (not a bug) has a different order: the order tests measure it on
+            that grid against the stated order, so losing it there is still caught. It applies
+            to the declared ``order`` (with ``order_option``, to ``k = order`` only).
+        order_steps: the three doubling step counts at which the order tests measure, for a
+            solver whose error reaches its asymptotic slope only there (``None``: the tests'
+            own counts).
     """
 
     name: str
@@ -66,6 +75,8 @@ class SolverSpec:
     affine_when: Callable[[dict[str, Any]], bool] | None = None
     order_option: str | None = None
     order_untested: str = ""
+    order_exceptions: dict[str, tuple[float, str]] = field(default_factory=dict)
+    order_steps: tuple[int, int, int] | None = None
 
     def is_affine(self, **options: Any) -> bool:
         """Whether the solver run with ``options`` (over the defaults) is affine (see ``affine``)."""
@@ -92,6 +103,8 @@ def register(
     affine_when: Callable[[dict[str, Any]], bool] | None = None,
     order_option: str | None = None,
     order_untested: str = "",
+    order_exceptions: dict[str, tuple[float, str]] | None = None,
+    order_steps: tuple[int, int, int] | None = None,
 ) -> Callable[[SolverFn], SolverFn]:
     """Decorator that registers a solver under ``name``.
 
@@ -115,6 +128,27 @@ def register(
             f"order_option={order_option!r} is not one of the options "
             f"{', '.join(options or {}) or '(none)'}"
         )
+    for grid, value in (order_exceptions or {}).items():
+        if grid not in GRIDS:
+            raise ValueError(f"order_exceptions: grid {grid!r} is not one of {', '.join(GRIDS)}")
+        ok = isinstance(value, tuple) and len(value) == 2
+        if not (
+            ok and isinstance(value[0], int | float) and value[0] > 0 and str(value[1]).strip()
+        ):
+            raise ValueError(
+                f"order_exceptions[{grid!r}]={value!r} must be (positive order, reason)"
+            )
+    if order_steps is not None and not (
+        isinstance(order_steps, tuple)
+        and len(order_steps) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in order_steps)
+        and order_steps[0] >= 1
+        and order_steps[1] == 2 * order_steps[0]
+        and order_steps[2] == 2 * order_steps[1]
+    ):
+        raise ValueError(
+            f"order_steps={order_steps!r} must be three doubling step counts (n, 2n, 4n)"
+        )
 
     def decorate(fn: SolverFn) -> SolverFn:
         if name in _REGISTRY and not overwrite:
@@ -135,6 +169,8 @@ def register(
             affine_when=affine_when,
             order_option=order_option,
             order_untested=order_untested,
+            order_exceptions=dict(order_exceptions or {}),
+            order_steps=order_steps,
         )
         return fn
 

@@ -40,6 +40,17 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 TARGETS = {"gaussian": _gaussian, "mixture": _mixture}
 
 
+# max and mean |error| in nats/dim over the 32 points at rtol = atol = 1e-5 (dopri5), measured
+LIKELIHOOD_ERR = {
+    ("vp", "gaussian"): (8.45e-6, 1.55e-6),
+    ("vp", "mixture"): (1.42e-5, 1.28e-6),
+    ("subvp", "gaussian"): (5.37e-5, 7.18e-6),
+    ("subvp", "mixture"): (1.53e-5, 1.85e-6),
+    ("ve", "gaussian"): (3.66e-5, 7.61e-6),
+    ("ve", "mixture"): (3.49e-5, 7.63e-6),
+}
+
+
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("target_name", list(TARGETS))
 def test_exact_divergence_matches_analytic_density(sde_name: str, target_name: str) -> None:
@@ -60,8 +71,11 @@ def test_exact_divergence_matches_analytic_density(sde_name: str, target_name: s
     exact = target.log_prob_t(x, T_EPS, sde)
     err = (res.logp - exact).abs() / d
     assert res.logp.shape == (32,) and res.logp.dtype == F64
-    assert float(err.max()) < 1e-3, f"max error {float(err.max()):.2e} nats/dim"
-    assert float(err.mean()) < 1e-4, f"mean error {float(err.mean()):.2e} nats/dim"
+    # the goal is < 1e-3; measured (max, mean) below, bounds 3x (the old 1e-3 / 1e-4 were
+    # 18-118x / 13-78x the measured errors, so a solver 10x worse passed)
+    max_err, mean_err = LIKELIHOOD_ERR[sde_name, target_name]
+    assert float(err.max()) < 3 * max_err, f"max error {float(err.max()):.2e} nats/dim"
+    assert float(err.mean()) < 3 * mean_err, f"mean error {float(err.mean()):.2e} nats/dim"
     assert 10 < res.nfe < 400
     # p_{t_eps} is within sigma(t_eps)^2 of p_0: also close to the data density itself.
     assert float(((res.logp - target.log_prob(x)).abs() / d).mean()) < 1e-3
