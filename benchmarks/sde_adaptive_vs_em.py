@@ -20,7 +20,8 @@ choosing ``sde_adaptive``'s pair, so ``fresh_mixture_12d`` (the same recipe, 12-
 another seed) was drawn only for the final tables. ``--reversible-heun`` adds the torchsde reversible-Heun step-count table of the
 previous session (ring_2d, 2,000 samples).
 
-Rerun (20,000 samples: about 15 min on one idle core; 100,000: about 30 min):
+Rerun (about 20 min at 20,000 samples and 40 min at 100,000 on one core of a loaded machine;
+BENCHMARKS.md lists the exact runs behind its table):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sde_adaptive_vs_em.py --samples 20000 \
         --diagnose --targets ring_2d mixture_16d heldout_mixture_8d
