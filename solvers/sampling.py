@@ -305,8 +305,9 @@ def sample(
         solver: a registered solver name (see ``solvers.available()``).
         steps: number of steps (default 100). Adaptive solvers (``ode_adaptive``, the torchsde
             solvers with ``adaptive=True``, any ``SolverSpec.adaptive``) choose their own steps
-            from their tolerances: ``steps`` only sets their first trial step, and passing it
-            warns (``stats.steps`` reports the steps they took).
+            from their tolerances: ``steps`` only sets their first trial step (``sde_adaptive``'s
+            default exponential pair ignores it), and passing it warns (``stats.steps`` reports
+            the steps they took).
         grid: a grid name (``uniform``, ``quadratic``, ``karras``, ``log_snr``), an explicit
             decreasing sequence of times, or ``None`` for the solver's default grid.
         t_end: truncation time (default ``sde.default_t_end``: 1e-3 VP/sub-VP, 1e-5 VE).
@@ -339,8 +340,8 @@ def sample(
     tolerance_driven = "rtol" in merged and (spec.adaptive or merged.get("adaptive") is True)
     if steps is not None and tolerance_driven:
         warnings.warn(
-            f"solver {solver!r} chooses its own steps from rtol/atol; steps={steps} only sets "
-            "its first trial step (stats.steps reports the steps taken)",
+            f"solver {solver!r} chooses its own steps from rtol/atol; steps={steps} at most "
+            "sets its first trial step (stats.steps reports the steps taken)",
             stacklevel=2,
         )
     steps = DEFAULT_STEPS if steps is None else steps
