@@ -790,7 +790,7 @@ def test_a_hook_needs_a_fixed_step_solver_by_message():
 @pytest.mark.filterwarnings("ignore:Numerical solution is not guaranteed")
 def test_the_steps_warning_of_tolerance_driven_runs_points_at_the_caller():
     msg = (
-        r"^solver 'torchsde_euler' chooses its own steps from rtol/atol; steps=5 only sets its "
+        r"^solver 'torchsde_euler' chooses its own steps from rtol/atol; steps=5 at most sets its "
         r"first trial step \(stats.steps reports the steps taken\)$"
     )
     kw = {"x_T": _x_T(VP), "solver": "torchsde_euler", "steps": 5, "rtol": 0.05, "atol": 0.05}
