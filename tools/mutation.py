@@ -85,9 +85,20 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["solvers.sde_solvers.*", "solvers.torchsde_solvers.*"],
         SOLVER_TESTS + ["-k", f"not ({NOT_SDE_ADAPTIVE})"],
     ),
-    "solvers-sde2": (
-        ["solvers.exponential_sde.*", "solvers.sde_adaptive.*", "solvers.restart.*"],
-        SOLVER_TESTS,
+    "solvers-sde2": (["solvers.exponential_sde.*", "solvers.restart.*"], SOLVER_TESTS),
+    # sde_adaptive's accuracy cases take 35 s of test_solvers.py: its group runs its own tests
+    # (every registry-driven case carries the solver's name in its id)
+    "solvers-sde-adaptive": (
+        ["solvers.sde_adaptive.*"],
+        [
+            "tests/test_sde_solvers.py",
+            "tests/test_solver_orders.py",
+            "tests/test_architecture.py",
+            "tests/test_hardening.py",
+            "tests/test_mutants_solvers.py",
+            "-k",
+            "sde_adaptive and not torchsde_adaptive",
+        ],
     ),
 }
 
