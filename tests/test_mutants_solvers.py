@@ -895,3 +895,24 @@ def test_restart_reports_its_main_path_and_restarts_uniformly_in_log_snr():
     assert max(steps) - min(steps) < 1e-9 * abs(steps[0])
     lam_a = float(VP.log_snr(first[b + 4]))  # where the restart ends: the main path resumes
     assert math.isclose(lam[0] + 4 * steps[0], lam_a, rel_tol=1e-9)
+
+
+# -- sde_adaptive's exponential-integrator weights against their integrals ----------------------
+
+
+@pytest.mark.parametrize("a", [0.0, 5e-5, 9.9e-5, 2e-4, 9.9e-4, 1.1e-3, 0.05, 0.5, 3.0, 40.0])
+def test_sde_adaptive_weights_are_their_integrals(a):
+    import mpmath
+
+    from solvers.sde_adaptive import _c1, _j1
+
+    mpmath.mp.dps = 40
+    a_ = mpmath.mpf(a)
+    j1 = mpmath.quad(lambda v: mpmath.exp(-a_ * (1 - v)) * v, [0, 1])  # int_0^1 e^{-a(1-v)} v dv
+    c1 = mpmath.quad(lambda u: mpmath.exp(-u) * u / a_, [0, a_]) if a > 0 else mpmath.mpf(0)
+    got_j1 = float(_j1(torch.tensor([a], dtype=F64))[0])
+    got_c1 = float(_c1(torch.tensor([a], dtype=F64))[0])
+    # below the switch points the two-term series' next term bounds the error: a^3/120 relative
+    # to 1/2 at a = 1e-3 (1.7e-11) and h^2/4 at h = 1e-4 (2.5e-9); above them, round-off
+    assert math.isclose(got_j1, float(j1), rel_tol=3e-11), (got_j1, float(j1))
+    assert math.isclose(got_c1, float(c1), rel_tol=3e-9, abs_tol=1e-300), (got_c1, float(c1))
