@@ -916,3 +916,35 @@ def test_sde_adaptive_weights_are_their_integrals(a):
     # to 1/2 at a = 1e-3 (1.7e-11) and h^2/4 at h = 1e-4 (2.5e-9); above them, round-off
     assert math.isclose(got_j1, float(j1), rel_tol=3e-11), (got_j1, float(j1))
     assert math.isclose(got_c1, float(c1), rel_tol=3e-9, abs_tol=1e-300), (got_c1, float(c1))
+
+
+def test_brownian_stack_refines_and_consumes_one_path():
+    """Rejection sampling with memory: a shorter retry splits the stored increment by the
+    Brownian bridge, a longer one extends the path, an accepted step consumes its part."""
+    from solvers.sde_adaptive import BrownianStack
+
+    x = torch.zeros(2, 3, dtype=F64)
+    on = torch.tensor([True, True])
+    z = [torch.randn(2, 3, generator=torch.Generator().manual_seed(k), dtype=F64) for k in range(5)]
+    path = BrownianStack(x)
+    w1 = path.increment(torch.tensor([1.0, 1.0], dtype=F64), on, z[0])  # fresh: W_1 = z0
+    torch.testing.assert_close(w1, z[0], rtol=0, atol=1e-15)
+    # rejected; retry over 0.4: the bridge W_0.4 = 0.4 W_1 + sqrt(0.4 * 0.6 / 1) z1
+    w04 = path.increment(torch.tensor([0.4, 0.4], dtype=F64), on, z[1])
+    torch.testing.assert_close(w04, 0.4 * z[0] + math.sqrt(0.24) * z[1], rtol=0, atol=1e-15)
+    # over the whole stored path again: exactly W_1; beyond it: W_1 + sqrt(0.5) z3
+    w1_again = path.increment(torch.tensor([1.0, 1.0], dtype=F64), on, z[2])
+    torch.testing.assert_close(w1_again, z[0], rtol=0, atol=1e-14)
+    w15 = path.increment(torch.tensor([1.5, 1.5], dtype=F64), on, z[3])
+    torch.testing.assert_close(w15, z[0] + math.sqrt(0.5) * z[3], rtol=0, atol=1e-14)
+    # accept a step of 0.4 on row 0 only: row 0's path now starts at 0.4, row 1's is unchanged
+    path.increment(torch.tensor([0.4, 0.4], dtype=F64), on, z[4])
+    path.accept(torch.tensor([True, False]))
+    rest = path.increment(torch.tensor([1.1, 1.5], dtype=F64), on, z[4])
+    torch.testing.assert_close(rest[0], (z[0] + math.sqrt(0.5) * z[3] - w04)[0], rtol=0, atol=1e-14)
+    torch.testing.assert_close(rest[1], w15[1], rtol=0, atol=1e-14)
+    # an inactive row (the solver passes it h = 0) gets W = 0 and keeps its path
+    frozen = path.increment(torch.tensor([0.0, 0.2], dtype=F64), torch.tensor([False, True]), z[2])
+    assert torch.equal(frozen[0], torch.zeros(3, dtype=F64))
+    again = path.increment(torch.tensor([1.1, 1.5], dtype=F64), on, z[2])
+    torch.testing.assert_close(again[0], rest[0], rtol=0, atol=1e-14)
