@@ -918,7 +918,7 @@ def test_sde_adaptive_weights_are_their_integrals(a):
     assert math.isclose(got_c1, float(c1), rel_tol=3e-9, abs_tol=1e-300), (got_c1, float(c1))
 
 
-def test_brownian_stack_refines_and_consumes_one_path():
+def test_sde_adaptive_brownian_path_is_refined_extended_and_consumed():
     """Rejection sampling with memory: a shorter retry splits the stored increment by the
     Brownian bridge, a longer one extends the path, an accepted step consumes its part."""
     from solvers.sde_adaptive import BrownianStack
