@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor
 
+from .exponential import _x0
 from .registry import register
 from .sampling import Coefficients, SolverContext
 
@@ -130,7 +131,7 @@ def stochastic_adams(
     prev: tuple[Tensor, Tensor | None] | None = None  # (x_{i-1}, z_{i-1}) for the corrector
     for i, (t, _s) in enumerate(ctx.steps()):
         x = ctx.before_step(x, t)
-        d = ctx.score(x, t).mul_(c.sigma[i] ** 2 / c.alpha[i]).add_(x, alpha=1.0 / c.alpha[i])
+        d = _x0(ctx, x, t, c.alpha[i], c.sigma[i])
         hist = [d, *hist][:keep]
         if prev is not None and corrector_order > 0:
             x_prev, z_prev = prev

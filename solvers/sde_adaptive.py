@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .parametrization import tweedie_denoise
 from .registry import register
 from .resolve import check_positive_option
 from .sampling import SolverContext
@@ -61,7 +62,7 @@ def _exp_pair(
     dm = path.increment(torch.where(active, length, 0.0), active, ctx.noise_like(x))
     noise = dev(torch.where(low, a_s * torch.exp(-2 * (lam_t + h)), a_s)) * dm
     # data form: x' = (sig_s / sig_t) e^{-h} x + alpha_s (1 - e^{-2h}) D_t + noise
-    d_t = (x + dev(sig_t**2) * score_t) / dev(a_t)
+    d_t = tweedie_denoise(x, score_t, dev(a_t), dev(sig_t))
     x1_d = dev(sig_s / sig_t * torch.exp(-h)) * x + dev(-a_s * torch.expm1(-2 * h)) * d_t
     # noise form: x' = (alpha_s / alpha_t) x - 2 alpha_s (sig_t / alpha_t) (1 - e^{-h}) eps_t + noise
     eps_t = -dev(sig_t) * score_t
@@ -69,7 +70,7 @@ def _exp_pair(
     x1_e = dev(a_s / a_t) * x - dev(-k * torch.expm1(-h)) * eps_t
     x1 = torch.where(lowd, x1_d, x1_e) + noise
     score_s = ctx.score(x1, s.to(x.device))
-    d_s = (x1 + dev(sig_s**2) * score_s) / dev(a_s)
+    d_s = tweedie_denoise(x1, score_s, dev(a_s), dev(sig_s))
     x2_d = x1 + dev(a_s * 2 * h * _j1(2 * h)) * (d_s - d_t)
     x2_e = x1 - dev(k * _c1(h)) * (-dev(sig_s) * score_s - eps_t)
     return x1, torch.where(lowd, x2_d, x2_e)
