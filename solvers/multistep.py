@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .parametrization import tweedie_denoise
 from .registry import register
+from .resolve import check_choice_option
 from .sampling import SolverContext
 
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -225,12 +226,8 @@ def unipc(
     last step is UniP-2 at most.
     """
     _check_order(order, 3)
-    if variant not in UNIPC_VARIANTS:
-        raise ValueError(f"variant={variant!r}; expected one of {', '.join(UNIPC_VARIANTS)}")
-    if prediction not in UNIPC_PREDICTIONS:
-        raise ValueError(
-            f"prediction={prediction!r}; expected one of {', '.join(UNIPC_PREDICTIONS)}"
-        )
+    check_choice_option("variant", variant, UNIPC_VARIANTS)
+    check_choice_option("prediction", prediction, UNIPC_PREDICTIONS)
     _check_flag("lower_order_final", lower_order_final)
     data = prediction == "data"
     c = ctx.coefficients()

@@ -78,6 +78,12 @@ def check_positive_option(name: str, value: float) -> None:
         raise ValueError(f"{name}={value!r} must be a finite positive number")
 
 
+def check_choice_option(name: str, value: object, choices: Sequence[str]) -> None:
+    """A solver option that must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {', '.join(choices)}")
+
+
 def check_tolerances(rtol: float, atol: float) -> None:
     """Error tolerances of an adaptive integrator: finite positive numbers."""
     check_positive_option("rtol", rtol)

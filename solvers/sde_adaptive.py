@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .parametrization import tweedie_denoise
 from .registry import register
-from .resolve import check_positive_option
+from .resolve import check_choice_option, check_positive_option
 from .sampling import SolverContext
 
 MAX_ITERATIONS = 100_000
@@ -271,10 +271,8 @@ def sde_adaptive(
     """
     for name, v in (("rtol", rtol), ("atol", atol), ("safety", safety), ("exponent", exponent)):
         check_positive_option(name, v)
-    if control not in CONTROLS:
-        raise ValueError(f"control={control!r} must be one of {CONTROLS}")
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} must be one of {METHODS}")
+    check_choice_option("control", control, CONTROLS)
+    check_choice_option("method", method, METHODS)
     batch = control == "batch"
     in_log_snr = method == "exp"
     sde = ctx.sde

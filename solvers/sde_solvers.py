@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .registry import register
+from .resolve import check_choice_option
 from .sampling import SolverContext
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral")
@@ -120,11 +121,6 @@ def _langevin(ctx: SolverContext, x: Tensor, t: float, snr: float, alpha: float)
     return x + eps * grad + torch.sqrt(2.0 * eps) * z
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}; expected one of {', '.join(choices)}")
-
-
 def _pc_affine(options: dict[str, Any]) -> bool:
     return options["corrector"] == "none" or int(options["corrector_steps"]) == 0
 
@@ -171,8 +167,8 @@ def predictor_corrector(
     ``1 + corrector_steps``. With a corrector the sampler is not affine (the Langevin step size
     depends on the state).
     """
-    _check_choice("predictor", predictor, PREDICTORS)
-    _check_choice("corrector", corrector, CORRECTORS)
+    check_choice_option("predictor", predictor, PREDICTORS)
+    check_choice_option("corrector", corrector, CORRECTORS)
     if (
         isinstance(corrector_steps, bool)
         or not isinstance(corrector_steps, int)
