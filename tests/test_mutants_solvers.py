@@ -954,3 +954,25 @@ def test_sde_adaptive_brownian_path_is_refined_extended_and_consumed():
     assert torch.equal(frozen[0], torch.zeros(3, dtype=F64))
     again = path.increment(torch.tensor([1.1, 1.5], dtype=F64), on, z[2])
     torch.testing.assert_close(again[0], rest[0], rtol=0, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore:solver 'sde_adaptive' chooses its own steps")
+@pytest.mark.parametrize("sde", [VP, VE], ids=["VP", "VE"])
+def test_sde_adaptive_exp_pair_starts_at_T_whatever_the_steps_hint(sde):
+    """The exponential pair integrates from the grid's first time ``T`` in log-SNR and ignores
+    the ``steps`` hint (the paper's pair takes ``T - t_1`` as its first trial step): the same
+    seed gives the same samples for any hint, and a hint of one step (``t_1 = t_end``) still
+    moves the state."""
+    x_T, score = _x_T(sde, n=64), GAUSS.score_fn(sde)
+
+    def run(steps: int, method: str) -> torch.Tensor:
+        g = torch.Generator().manual_seed(3)
+        return solvers.sample(
+            sde, score, x_T=x_T, solver="sde_adaptive", steps=steps, method=method,
+            generator=g, denoise=False,
+        )[0]  # fmt: skip
+
+    one, many = run(1, "exp"), run(40, "exp")
+    assert torch.equal(one, many)
+    assert (one - x_T).abs().max() > 0.1
+    assert not torch.equal(run(1, "em"), run(40, "em"))
