@@ -976,3 +976,21 @@ def test_sde_adaptive_exp_pair_starts_at_T_whatever_the_steps_hint(sde):
     assert torch.equal(one, many)
     assert (one - x_T).abs().max() > 0.1
     assert not torch.equal(run(1, "em"), run(40, "em"))
+
+
+@pytest.mark.parametrize("lam_end", [0.5, 4.0], ids=["end-just-above-SNR-1", "default-like"])
+def test_sde_adaptive_exp_pair_stops_at_snr_1_between_its_forms(lam_end):
+    """Steps of the exponential pair never cross SNR 1 (log-SNR 0), where it changes from the
+    data to the noise prediction: an accepted step lands exactly there, also when the run ends
+    just above it."""
+    sde = VP
+    t_end = float(sde.t_from_log_snr(torch.tensor(lam_end, dtype=F64)))
+    t_switch = float(sde.t_from_log_snr(torch.tensor(0.0, dtype=F64)))
+    seen: list[float] = []
+    solvers.sample(
+        sde, GAUSS.score_fn(sde), x_T=_x_T(sde, n=64), solver="sde_adaptive", t_end=t_end,
+        generator=torch.Generator().manual_seed(3), denoise=False,
+        callback=lambda i, t, x: seen.append(t),
+    )  # fmt: skip
+    assert min(abs(t - t_switch) for t in seen) < 1e-12, (t_switch, seen)
+    assert seen[-1] == pytest.approx(t_end, abs=1e-15)
